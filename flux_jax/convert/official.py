@@ -1,0 +1,288 @@
+"""Official PyTorch FluxViT checkpoints <-> flux_jax params (SPEC A.2, A.3).
+
+The mapping is one table of rules, each naming an official tensor, its place in our
+params and the two array transforms (to ours and back). Both directions are exact
+(transposes and reshapes only), so official -> params -> official is bit-equal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zipfile
+from typing import Any, Callable, Mapping
+
+from absl import logging
+import flax
+import jax
+import numpy as np
+
+from flux_jax.model.fluxvit import VARIANTS, FluxViT, dummy_tokens, make_model
+
+PREFIXES = ('backbone.', 'encoder.')
+# Keys of the official pretraining model that the fine-tuning model does not have.
+PRETRAIN_ONLY = ('clip_decoder.', 'clip_pos_embed', 'final_clip_decoder.')
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be loaded; the message names the file and the problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  official: str
+  path: tuple[str, ...]
+  to_ours: Callable[[np.ndarray], np.ndarray]
+  to_official: Callable[[np.ndarray], np.ndarray]
+
+
+def _same(x):
+  return x
+
+
+def _linear(name: str, path: tuple[str, ...], bias: bool = True) -> list[Rule]:
+  """nn.Linear weight [out, in] -> Dense kernel [in, out]."""
+  rules = [Rule(f'{name}.weight', path + ('kernel',), lambda w: w.T, lambda k: k.T)]
+  if bias:
+    rules.append(Rule(f'{name}.bias', path + ('bias',), _same, _same))
+  return rules
+
+
+def _norm(name: str, path: tuple[str, ...], bias: bool) -> list[Rule]:
+  rules = [Rule(f'{name}.weight', path + ('scale',), _same, _same)]
+  if bias:
+    rules.append(Rule(f'{name}.bias', path + ('bias',), _same, _same))
+  return rules
+
+
+def _conv1x1(name: str, path: tuple[str, ...], shape: tuple[int, ...]) -> list[Rule]:
+  """Depthwise Conv3d of kernel 1, weight [C, 1, 1, 1, 1] -> per-channel scale."""
+  c = int(np.prod(shape))
+  return [
+      Rule(f'{name}.weight', path + ('scale',), lambda w: w.reshape(shape),
+           lambda s: s.reshape(c, 1, 1, 1, 1)),
+      Rule(f'{name}.bias', path + ('bias',), lambda b: b.reshape(shape),
+           lambda b: b.reshape(c)),
+  ]
+
+
+def rules_for(model: FluxViT) -> list[Rule]:
+  """Every official tensor except pos_embed (split into two params, see below)."""
+  c, nh = model.embed_dim, model.num_heads
+  hd = c // nh
+  kt, p = model.tubelet_size, model.patch_size
+  pdim = model.patch_dim
+  r = [Rule('cls_token', ('cls_token',), lambda x: x.reshape(c), lambda x: x.reshape(1, 1, c))]
+  r += _conv1x1('gpe_proj.depthwise_conv', ('gpe_proj',), (c,))
+  # Conv3d [C, 3, kt, p, p] -> Dense [(kt, p, p, 3), C], rgb fastest (SPEC A.3).
+  r.append(Rule('patch_embed.proj.weight', ('patch_embed', 'proj', 'kernel'),
+                lambda w: w.transpose(2, 3, 4, 1, 0).reshape(pdim, c),
+                lambda k: k.reshape(kt, p, p, 3, c).transpose(4, 3, 0, 1, 2)))
+  r.append(Rule('patch_embed.proj.bias', ('patch_embed', 'proj', 'bias'), _same, _same))
+  r += _norm('patch_embed.norm', ('patch_embed', 'norm'), bias=False)
+  r += _norm('patch_embed.norm_before', ('patch_embed', 'norm_before'), bias=False)
+  for i in range(model.depth):
+    o, b = f'blocks.{i}', (f'blocks_{i}',)
+    r += _norm(f'{o}.norm1', b + ('norm1',), bias=False)
+    # qkv rows are (q|k|v) x head x head_dim.
+    r.append(Rule(f'{o}.attn.qkv.weight', b + ('attn', 'qkv', 'kernel'),
+                  lambda w: w.T.reshape(c, 3, nh, hd), lambda k: k.reshape(c, 3 * c).T))
+    r.append(Rule(f'{o}.attn.proj.weight', b + ('attn', 'proj', 'kernel'),
+                  lambda w: w.T.reshape(nh, hd, c), lambda k: k.reshape(c, c).T))
+    r.append(Rule(f'{o}.attn.proj.bias', b + ('attn', 'proj', 'bias'), _same, _same))
+    r += _conv1x1(f'{o}.attn.lpe.depthwise_conv', b + ('attn', 'lpe'), (nh, hd))
+    for qk in ('q_norm', 'k_norm'):
+      r.append(Rule(f'{o}.attn.{qk}.weight', b + ('attn', qk, 'scale'),
+                    lambda w: w.reshape(nh, hd), lambda s: s.reshape(c)))
+    r.append(Rule(f'{o}.ls1.gamma', b + ('ls1', 'gamma'), _same, _same))
+    r += _norm(f'{o}.norm2', b + ('norm2',), bias=False)
+    r += _linear(f'{o}.mlp.fc1', b + ('mlp', 'fc1'))
+    r += _linear(f'{o}.mlp.fc2', b + ('mlp', 'fc2'))
+    r.append(Rule(f'{o}.ls2.gamma', b + ('ls2', 'gamma'), _same, _same))
+  for j in range(len(model.head_budgets)):
+    o, b = f'clip_projector.{j}', (f'clip_projector_{j}',)
+    for n in ('norm1_q', 'norm1_k', 'norm1_v'):
+      r += _norm(f'{o}.{n}', b + (n,), bias=True)
+    for n in ('q', 'k', 'v'):
+      r.append(Rule(f'{o}.cross_attn.{n}_bias', b + ('cross_attn', f'{n}_bias'), _same, _same))
+      r += _linear(f'{o}.cross_attn.{n}', b + ('cross_attn', n), bias=False)
+    r += _linear(f'{o}.cross_attn.proj', b + ('cross_attn', 'proj'))
+  for j in range(len(model.head_budgets)):
+    r += _linear(f'head.{j}', (f'head_{j}',))
+  r += _norm('fc_norm', ('fc_norm',), bias=True)
+  for j in range(model.num_decoders):
+    o, b = f'final_clip_decoder_for_projs.{j}', (f'final_clip_decoder_for_projs_{j}',)
+    r += _linear(f'{o}.head', b + ('head',))
+    r += _norm(f'{o}.norm', b + ('norm',), bias=True)
+  return r
+
+
+def _to_numpy(value, name: str, source: str) -> np.ndarray:
+  if hasattr(value, 'detach'):  # torch.Tensor
+    import torch  # pylint: disable=g-import-not-at-top
+    value = value.detach().cpu()
+    if value.is_floating_point():
+      value = value.to(torch.float32)
+    return value.numpy()
+  arr = np.asarray(value)
+  if arr.dtype == object:
+    raise CheckpointError(f'{source}: entry {name!r} is not an array')
+  return arr
+
+
+def _read_file(path: str) -> Mapping[str, Any]:
+  if not os.path.isfile(path):
+    raise CheckpointError(f'{path}: no such checkpoint file')
+  ext = os.path.splitext(path)[1].lower()
+  if ext == '.npz':
+    with np.load(path) as f:
+      return dict(f)
+  if ext not in ('.pth', '.pt', '.bin'):
+    raise CheckpointError(f'{path}: unknown checkpoint type {ext!r}; expected .pth, .pt, '
+                          '.bin (PyTorch) or .npz')
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise CheckpointError(f'{path}: reading PyTorch checkpoints needs torch '
+                          '(pip install torch)') from e
+  if not zipfile.is_zipfile(path):
+    with open(path, 'rb') as f:
+      head = f.read(2)
+    if head[:1] != b'\x80':  # neither a torch zip archive nor a legacy pickle
+      raise CheckpointError(f'{path}: not a PyTorch checkpoint (neither a zip archive '
+                            'nor a pickle)')
+  try:
+    return torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except
+    if 'weights_only' not in str(e) and 'Unsupported global' not in str(e):
+      raise CheckpointError(f'{path}: cannot be read by torch.load: {e}') from e
+  # Official training checkpoints also pickle their argparse Namespace.
+  logging.warning('%s holds non-tensor objects; loading it with full unpickling. Only '
+                  'do this with files you trust.', path)
+  try:
+    return torch.load(path, map_location='cpu', weights_only=False)
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f'{path}: cannot be read by torch.load: {e}') from e
+
+
+def official_state_dict(path_or_state_dict, source: str | None = None) -> dict[str, np.ndarray]:
+  """The official tensors as numpy arrays: unwraps `model`/`module`, strips prefixes."""
+  if isinstance(path_or_state_dict, (str, os.PathLike)):
+    source = os.fspath(path_or_state_dict)
+    sd = _read_file(source)
+  else:
+    source = source or '<state dict>'
+    sd = path_or_state_dict
+  if not isinstance(sd, Mapping):
+    raise CheckpointError(f'{source}: expected a mapping of names to tensors, got '
+                          f'{type(sd).__name__}')
+  for key in ('model', 'module'):
+    if key in sd and isinstance(sd[key], Mapping):
+      sd = sd[key]
+      break
+  out = {}
+  for name, value in sd.items():
+    for prefix in PREFIXES:
+      if name.startswith(prefix):
+        name = name[len(prefix):]
+    out[name] = _to_numpy(value, name, source)
+  return out
+
+
+def _pos_grid(sd, num_frames: int, source: str) -> tuple[int, int, int]:
+  if 'pos_embed' not in sd:
+    raise CheckpointError(f'{source}: no pos_embed; not a FluxViT checkpoint '
+                          f'(keys start {sorted(sd)[:5]})')
+  n = sd['pos_embed'].shape[1] - 1
+  g = int(round((n / num_frames) ** 0.5)) if n % num_frames == 0 else 0
+  if g == 0 or num_frames * g * g != n:
+    raise CheckpointError(f'{source}: pos_embed has {n} grid positions, not num_frames='
+                          f'{num_frames} times a square; pass the num_frames it was saved with')
+  return num_frames, g, g
+
+
+def load_official_checkpoint(path_or_state_dict, *, variant: str, num_classes: int,
+                             num_frames: int, mlp_activation: str = 'gelu_tanh',
+                             strict: bool = True, **model_overrides):
+  """Loads an official FluxViT checkpoint.
+
+  Args:
+    path_or_state_dict: a .pth/.pt/.bin file (state dict at the root or under
+      `model`/`module`; `backbone.`/`encoder.` prefixes stripped), an .npz file, or a
+      mapping of official names to arrays (numpy or torch).
+    variant: 'small', 'base', 'tiny' or 'large' (SPEC A.1).
+    num_classes: classifier size; must equal the checkpoint's heads.
+    num_frames: T0 of the stored pos_embed (24 for the released S, 32 for B).
+    mlp_activation: 'gelu_tanh' for the released (flash-attn) weights, 'gelu' for the
+      plain path.
+    strict: refuse missing tensors (else they keep their initial values, logged).
+    **model_overrides: other FluxViT fields (e.g. dtype, selector, head_budgets).
+
+  Returns:
+    (model, params): a FluxViT and its float32 params.
+  """
+  source = (os.fspath(path_or_state_dict)
+            if isinstance(path_or_state_dict, (str, os.PathLike)) else '<state dict>')
+  sd = official_state_dict(path_or_state_dict, source)
+  pos_grid = _pos_grid(sd, num_frames, source)
+  model = make_model(dict(variant=variant, num_classes=num_classes, pos_grid=pos_grid,
+                          mlp_activation=mlp_activation, **model_overrides))
+  shapes = jax.eval_shape(lambda: model.init({'params': jax.random.key(0)},
+                                             dummy_tokens(model)))['params']
+  shapes = flax.traverse_util.flatten_dict(flax.linen.unbox(shapes))
+
+  rules = rules_for(model)
+  known = {r.official for r in rules} | {'pos_embed'}
+  missing = sorted(known - set(sd))
+  unexpected = sorted(set(sd) - known)
+  ignorable = [k for k in unexpected if k.startswith(PRETRAIN_ONLY)]
+  unexpected = [k for k in unexpected if k not in ignorable]
+  if ignorable:
+    logging.info('%s: ignoring %d pretraining-only tensors: %s', source, len(ignorable),
+                 ignorable[:8])
+  if unexpected or (missing and strict):
+    raise CheckpointError(
+        f'{source} does not match FluxViT variant={variant!r} (depth {model.depth}, width '
+        f'{model.embed_dim}, {len(model.head_budgets)} heads):\n  missing: {missing}\n'
+        f'  unexpected: {unexpected}')
+  if missing:
+    logging.warning('%s: %d tensors missing, left at init: %s', source, len(missing), missing)
+
+  flat = {}
+  if 'pos_embed' in sd:
+    pe = sd['pos_embed']
+    flat[('cls_pos',)] = pe[0, 0]
+    flat[('pos_embed',)] = pe[0, 1:].reshape(*pos_grid, model.embed_dim)
+  for rule in rules:
+    if rule.official in sd:
+      flat[rule.path] = rule.to_ours(sd[rule.official])
+  for path, value in flat.items():
+    want = shapes[path].shape
+    if value.shape != want:
+      raise CheckpointError(f'{source}: {"/".join(path)} has shape {value.shape}, variant '
+                            f'{variant!r} expects {want} (num_classes={num_classes}?)')
+  if missing:
+    from flux_jax.model.fluxvit import init_params  # pylint: disable=g-import-not-at-top
+    fresh = flax.traverse_util.flatten_dict(init_params(model, jax.random.key(0)))
+    for path in shapes:
+      flat.setdefault(path, np.asarray(fresh[path]))
+  params = flax.traverse_util.unflatten_dict(
+      {k: np.asarray(v, np.float32) for k, v in flat.items()})
+  return model, params
+
+
+def to_official_state_dict(model: FluxViT, params) -> dict[str, np.ndarray]:
+  """Our params -> official names and layouts (the reverse of the loader)."""
+  flat = flax.traverse_util.flatten_dict(flax.linen.unbox(params))
+  flat = {k: np.asarray(v) for k, v in flat.items()}
+  out = {}
+  pos = flat[('pos_embed',)]
+  out['pos_embed'] = np.concatenate(
+      [flat[('cls_pos',)][None], pos.reshape(-1, pos.shape[-1])], axis=0)[None]
+  for rule in rules_for(model):
+    out[rule.official] = rule.to_official(flat[rule.path])
+  return out
+
+
+def variant_names() -> list[str]:
+  return sorted(VARIANTS)

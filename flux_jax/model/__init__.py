@@ -1,0 +1,6 @@
+"""FluxViT in Flax Linen."""
+
+from flux_jax.model.fluxvit import (VARIANTS, FluxViT, dummy_tokens, init_params, make_model,
+                                    param_specs)
+
+__all__ = ['VARIANTS', 'FluxViT', 'dummy_tokens', 'init_params', 'make_model', 'param_specs']

@@ -1,0 +1,239 @@
+"""FluxViT: a ViT that runs on any token grid and any token budget (SPEC A, B).
+
+Data flow of one forward pass:
+  TokenBatch -> DPN patch embed -> select K tokens (static K) -> + GLPE at the kept
+  coordinates -> cls -> blocks (key-padding mask) -> attention-pooling projector of the
+  chosen head -> fc_norm -> classifier; aux holds the pooled and projected features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flux_jax.model import layers
+from flux_jax.model import posemb
+from flux_jax.model.layers import EMBED, POS_H, POS_T, POS_W
+from flux_jax.tokens.select import SELECTORS, select_tokens
+from flux_jax.tokens.token_batch import TokenBatch, patchify
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# SPEC A.1. `pos_grid` is the stored table (T0, H0, W0); it only matters for loading.
+VARIANTS: dict[str, dict[str, Any]] = {
+    'tiny': dict(embed_dim=64, depth=2, num_heads=2, attn_pool_num_heads=4,
+                 clip_embed_dim=64, pos_grid=(4, 4, 4), head_budgets=(48, 32, 16)),
+    'small': dict(embed_dim=384, depth=12, num_heads=6, attn_pool_num_heads=16,
+                  clip_embed_dim=768, pos_grid=(24, 18, 18)),
+    'base': dict(embed_dim=768, depth=12, num_heads=12, attn_pool_num_heads=16,
+                 clip_embed_dim=768, pos_grid=(32, 20, 20)),
+    # No official FluxViT-L exists; InternVideo2-L sizes, config only.
+    'large': dict(embed_dim=1024, depth=24, num_heads=16, attn_pool_num_heads=16,
+                  clip_embed_dim=768, pos_grid=(32, 20, 20)),
+}
+
+
+class FluxViT(nn.Module):
+  """FluxViT classifier with one attention-pooling head per training budget.
+
+  Attributes:
+    num_classes: classifier outputs.
+    embed_dim, depth, num_heads, mlp_ratio: transformer size.
+    patch_size, tubelet_size: token shape; P = tubelet * p * p * 3.
+    pos_grid: (T0, H0, W0) of the learned positional table, resized to any grid.
+    attn_pool_num_heads: heads of the pooling projectors.
+    clip_embed_dim: projector output width (768 in the released models).
+    head_budgets: training budget of each head, largest first: head i serves budget i
+      (the engine's mapping, SPEC B.6).
+    num_decoders: Linear decoders used by Flux-Multi self-distillation (heads 1.. align
+      to head 0 through decoder head - 1).
+    mlp_activation: 'gelu_tanh' (released weights) or 'gelu'.
+    selector: token selector used when a budget is given (flux_jax.tokens.select).
+    drop_path_rate: stochastic depth at the last block (linear from 0).
+    layerscale_init: LayerScale gamma at init.
+    dtype: compute dtype; params are float32, norms and pooling statistics float32.
+    remat: rematerialize blocks in the backward pass.
+  """
+  num_classes: int
+  embed_dim: int = 384
+  depth: int = 12
+  num_heads: int = 6
+  mlp_ratio: float = 4.0
+  patch_size: int = 14
+  tubelet_size: int = 1
+  pos_grid: tuple[int, int, int] = (24, 18, 18)
+  attn_pool_num_heads: int = 16
+  clip_embed_dim: int = 768
+  head_budgets: tuple[int, ...] = (3072, 2048, 1024)
+  num_decoders: int = 2
+  mlp_activation: str = 'gelu_tanh'
+  selector: str = 'group_dynamic'
+  drop_path_rate: float = 0.0
+  layerscale_init: float = 1e-5
+  dtype: Any = jnp.float32
+  remat: bool = False
+
+  @property
+  def patch_dim(self) -> int:
+    return self.tubelet_size * self.patch_size ** 2 * 3
+
+  def nearest_head(self, budget: int | None, num_tokens: int) -> int:
+    """The head whose training budget is nearest to the tokens the model will see."""
+    seen = num_tokens if budget is None else min(budget, num_tokens)
+    return int(np.argmin([abs(b - seen) for b in self.head_budgets]))
+
+  def _normalize(self, patches):
+    if patches.dtype == jnp.uint8:  # raw pixels: ImageNet normalization on device
+      reps = self.patch_dim // 3  # rgb is the fastest axis of P
+      mean = jnp.tile(jnp.asarray(IMAGENET_MEAN, jnp.float32), reps)
+      std = jnp.tile(jnp.asarray(IMAGENET_STD, jnp.float32), reps)
+      return (patches.astype(jnp.float32) / 255.0 - mean) / std
+    return patches.astype(jnp.float32)
+
+  @nn.compact
+  def __call__(self, tokens: TokenBatch, *, budget: int | None = None, head: int = 0,
+               align_proj: int | None = None, train: bool = False):
+    """Classifies a TokenBatch.
+
+    Args:
+      tokens: patches `[B, N_max, P]` with coords, grid and valid (DESIGN.md 2).
+      budget: static K; None keeps every valid token. K >= N_max keeps every token too.
+      head: static index of the projector and classifier.
+      align_proj: if given, aux['projected'] = decoder[align_proj](pooled) (SPEC B.6).
+      train: enables drop path.
+
+    Returns:
+      (logits float32 `[B, num_classes]`, aux) with aux keys 'pooled' (raw projector
+      output `[B, clip_embed_dim]`), 'projected' (when align_proj is given),
+      'kept_index' `[B, K]` (positions in the TokenBatch) and 'kept_valid' `[B, K]`.
+    """
+    if self.selector not in SELECTORS:
+      raise ValueError(f'selector {self.selector!r} is not one of {SELECTORS}')
+    if not 0 <= head < len(self.head_budgets):
+      raise ValueError(f'head {head} out of range for {len(self.head_budgets)} heads')
+    if tokens.patches.shape[-1] != self.patch_dim:
+      raise ValueError(f'patch vectors have {tokens.patches.shape[-1]} values, the model '
+                       f'expects {self.patch_dim} (tubelet {self.tubelet_size}, patch '
+                       f'{self.patch_size})')
+    b, n = tokens.valid.shape
+    d = self.embed_dim
+
+    x = layers.PatchEmbed(d, self.dtype, name='patch_embed')(
+        self._normalize(tokens.patches))  # [B, N, D]
+
+    if budget is not None and budget < n:
+      rng = self.make_rng('selection') if self.selector == 'random' else None
+      index, kept = select_tokens(x, tokens, budget, self.selector, rng)  # [B, K]
+      x = jnp.take_along_axis(x, index[..., None], axis=1)  # [B, K, D]
+      coords = jnp.take_along_axis(tokens.coords, index[..., None], axis=1)  # [B, K, 3]
+    else:
+      index = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+      kept, coords = tokens.valid, tokens.coords
+
+    t0, h0, w0 = self.pos_grid
+    table = self.param('pos_embed', layers.param_with_axes(
+        lambda *_: jnp.asarray(posemb.sincos_3d(t0, h0, w0, d)), (POS_T, POS_H, POS_W, EMBED)),
+        (t0, h0, w0, d))
+    table = layers.ChannelAffine((EMBED,), name='gpe_proj')(table)  # GPE proj, SPEC B.3
+    x = x + posemb.interpolate_at(table, coords, tokens.grid).astype(x.dtype)
+
+    cls_token = self.param('cls_token', layers.param_with_axes(
+        nn.initializers.normal(0.02), (EMBED,)), (d,))
+    cls_pos = self.param('cls_pos', layers.param_with_axes(
+        nn.initializers.zeros, (EMBED,)), (d,))
+    cls = jnp.broadcast_to((cls_token + cls_pos).astype(x.dtype), (b, 1, d))
+    x = jnp.concatenate([cls, x], axis=1)  # [B, 1 + K, D]
+    mask = jnp.concatenate([jnp.ones((b, 1), bool), kept], axis=1)  # [B, 1 + K]
+    x = nn.with_logical_constraint(x, ('activation_batch', 'activation_length',
+                                       'activation_embed'))
+
+    block = nn.remat(layers.Block, static_argnums=(3,)) if self.remat else layers.Block
+    rates = np.linspace(0.0, self.drop_path_rate, self.depth)
+    for i in range(self.depth):
+      x = block(self.num_heads, int(d * self.mlp_ratio), self.mlp_activation, i,
+                float(rates[i]), self.layerscale_init, self.dtype, name=f'blocks_{i}')(
+                    x, mask, not train)
+    # No final norm: the pooling LayerNorms normalize (SPEC F.2).
+
+    # Every head and decoder exists after init; a call runs only the ones it needs.
+    initializing = self.is_initializing()
+    fc_norm = layers.layer_norm((layers.CLIP,), jnp.float32, name='fc_norm')
+    pooled, logits_of = {}, {}
+    for j in (range(len(self.head_budgets)) if initializing else (head,)):
+      z = layers.AttentionPooling(self.attn_pool_num_heads, self.clip_embed_dim,
+                                  self.dtype, name=f'clip_projector_{j}')(x, mask)
+      pooled[j] = z.astype(jnp.float32)  # [B, clip]
+      logits_of[j] = layers.dense(self.num_classes, (layers.CLIP, layers.CLASSES),
+                                  dtype=jnp.float32, name=f'head_{j}')(fc_norm(pooled[j]))
+    aux = {'pooled': pooled[head], 'kept_index': index, 'kept_valid': kept}
+    decoders = range(self.num_decoders) if initializing else (
+        () if align_proj is None else (align_proj,))
+    for j in decoders:
+      projected = layers.LinearDecoder(self.clip_embed_dim, self.dtype,
+                                        name=f'final_clip_decoder_for_projs_{j}')(pooled[head])
+      if j == align_proj:
+        aux['projected'] = projected
+    logits = logits_of[head]
+    return logits, aux
+
+
+def make_model(config: Mapping[str, Any]) -> FluxViT:
+  """Builds FluxViT from a config: `variant` plus overrides of any module field.
+
+  Unknown keys fail here, before anything is compiled.
+  """
+  config = dict(config)
+  variant = config.pop('variant', 'small')
+  if variant not in VARIANTS:
+    raise ValueError(f'model.variant={variant!r} is not one of {sorted(VARIANTS)}')
+  fields = {f.name for f in dataclasses.fields(FluxViT)} - {'parent', 'name'}
+  unknown = sorted(set(config) - fields)
+  if unknown:
+    raise ValueError(f'unknown model config keys {unknown}; known: {sorted(fields)}')
+  kwargs = {**VARIANTS[variant], **config}
+  if 'num_classes' not in kwargs:
+    raise ValueError('model.num_classes is required')
+  for key in ('pos_grid', 'head_budgets'):
+    if key in kwargs:
+      kwargs[key] = tuple(int(v) for v in kwargs[key])
+  if isinstance(kwargs.get('dtype'), str):
+    kwargs['dtype'] = jnp.dtype(kwargs['dtype'])
+  model = FluxViT(**kwargs)
+  if model.embed_dim % model.num_heads or model.embed_dim % model.attn_pool_num_heads:
+    raise ValueError(f'embed_dim {model.embed_dim} must divide by num_heads '
+                     f'{model.num_heads} and attn_pool_num_heads {model.attn_pool_num_heads}')
+  if list(model.head_budgets) != sorted(model.head_budgets, reverse=True):
+    raise ValueError(f'head_budgets {model.head_budgets} must be largest first')
+  if model.mlp_activation not in ('gelu_tanh', 'gelu'):
+    raise ValueError(f'mlp_activation {model.mlp_activation!r} is not gelu_tanh or gelu')
+  if model.selector not in SELECTORS:
+    raise ValueError(f'selector {model.selector!r} is not one of {SELECTORS}')
+  return model
+
+
+def dummy_tokens(model: FluxViT, batch_size: int = 1, grid: tuple[int, int, int] = (2, 2, 2),
+                 n_max: int | None = None) -> TokenBatch:
+  """A small uint8 TokenBatch for initialization and shape inference."""
+  t, hp, wp = grid
+  p = model.patch_size
+  video = np.zeros((batch_size, t * model.tubelet_size, hp * p, wp * p, 3), np.uint8)
+  return patchify(video, patch_size=p, tubelet_size=model.tubelet_size, n_max=n_max)
+
+
+def init_params(model: FluxViT, rng: jax.Array) -> dict:
+  """Float32 parameters (logical-axis boxes removed)."""
+  variables = jax.jit(lambda r: model.init({'params': r}, dummy_tokens(model)))(rng)
+  return nn.unbox(variables['params'])
+
+
+def param_specs(model: FluxViT) -> dict:
+  """Logical axis names of every parameter, as a pytree of PartitionSpecs."""
+  variables = jax.eval_shape(lambda: model.init({'params': jax.random.key(0)},
+                                                dummy_tokens(model)))
+  return nn.get_partition_spec(variables)['params']

@@ -1,0 +1,250 @@
+"""Building blocks of FluxViT (SPEC A.3-A.5, B.1, B.5, B.6).
+
+Every parameter carries logical axis names (the constants below); `flux_jax.sharding`
+maps them to mesh axes by rules from the config.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# Logical axis names of parameters.
+EMBED = 'embed'  # model width D
+MLP = 'mlp'  # MLP hidden width
+HEADS = 'heads'  # attention heads NH
+KV = 'kv'  # head dim HD
+QKV = 'qkv'  # the (q, k, v) triple
+PATCH = 'patch'  # patch vector P
+JOINED_KV = 'joined_kv'  # flat heads x head dim of the pooling attention
+CLIP = 'clip_embed'  # projector output width
+CLASSES = 'classes'
+POS_T, POS_H, POS_W = 'pos_t', 'pos_h', 'pos_w'
+
+# PyTorch nn.Linear in the official model: trunc_normal(0.02) with absolute bounds +-2,
+# effectively a plain normal (SPEC B.7).
+linear_init = nn.initializers.normal(0.02)
+
+
+def param_with_axes(init: Callable, names: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(init, names)
+
+
+def gelu(kind: str) -> Callable[[jax.Array], jax.Array]:
+  if kind == 'gelu_tanh':  # the fused flash-attn MLP of the released weights (SPEC A.3)
+    return lambda x: jax.nn.gelu(x, approximate=True)
+  if kind == 'gelu':  # exact erf GELU, the official plain path
+    return lambda x: jax.nn.gelu(x, approximate=False)
+  raise ValueError(f"mlp_activation must be 'gelu_tanh' or 'gelu', got {kind!r}")
+
+
+def rms_norm(names: tuple[str, ...], axes: tuple[int, ...] = (-1,), dtype: Dtype = None,
+             name: str | None = None) -> nn.RMSNorm:
+  """RMSNorm, eps 1e-6, computed in float32 (SPEC A.3 item 3)."""
+  return nn.RMSNorm(epsilon=1e-6, dtype=dtype, reduction_axes=axes, feature_axes=axes,
+                    scale_init=param_with_axes(nn.initializers.ones, names), name=name)
+
+
+def layer_norm(names: tuple[str, ...], dtype: Dtype = None,
+               name: str | None = None) -> nn.LayerNorm:
+  """PyTorch LayerNorm defaults (eps 1e-5), float32 statistics."""
+  return nn.LayerNorm(epsilon=1e-5, dtype=dtype, use_fast_variance=False,
+                      scale_init=param_with_axes(nn.initializers.ones, names),
+                      bias_init=param_with_axes(nn.initializers.zeros, names), name=name)
+
+
+def dense(features, names, *, axis=-1, use_bias=True, init=linear_init, dtype=None,
+          name=None) -> nn.DenseGeneral:
+  out_names = names[-1:] if isinstance(features, int) else names[-len(features):]
+  return nn.DenseGeneral(
+      features, axis=axis, use_bias=use_bias, dtype=dtype, name=name,
+      kernel_init=param_with_axes(init, names),
+      bias_init=param_with_axes(nn.initializers.zeros, out_names))
+
+
+class ChannelAffine(nn.Module):
+  """Per-channel w * x + b: the official depthwise Conv3d of kernel 1 (GPE proj, LPE)."""
+  names: tuple[str, ...]
+
+  @nn.compact
+  def __call__(self, x):
+    shape = x.shape[-len(self.names):]
+    w = self.param('scale', param_with_axes(nn.initializers.ones, self.names), shape)
+    b = self.param('bias', param_with_axes(nn.initializers.zeros, self.names), shape)
+    return x * w.astype(x.dtype) + b.astype(x.dtype)
+
+
+class LayerScale(nn.Module):
+  init_value: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x):
+    gamma = self.param('gamma', param_with_axes(nn.initializers.constant(self.init_value),
+                                                (EMBED,)), (x.shape[-1],))
+    # force_fp32 in the official LayerScale (SPEC A.3 item 4).
+    return (x.astype(jnp.float32) * gamma).astype(x.dtype)
+
+
+class DropPath(nn.Module):
+  """Per-sample stochastic depth (timm DropPath)."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    if deterministic or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.make_rng('dropout'), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
+
+
+class PatchEmbed(nn.Module):
+  """Dual patch norm: RMSNorm(P) -> Dense(P -> D) -> RMSNorm(D) (SPEC B.1).
+
+  Equal to the official RMSNorm -> Conv3d(kernel = stride = patch) -> RMSNorm; the Dense
+  kernel is the conv weight in (kt, kh, kw, c) x D order.
+  """
+  embed_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, patches):  # [B, N, P]
+    p = patches.shape[-1]
+    x = rms_norm((PATCH,), name='norm_before')(patches.astype(jnp.float32))
+    # PyTorch Conv3d default: kaiming_uniform(a=sqrt 5) -> U(+-1/sqrt(fan_in)), SPEC B.7.
+    bound = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
+    bias_bound = lambda key, shape, dtype=jnp.float32: jax.random.uniform(  # noqa: E731
+        key, shape, dtype, -1 / p ** 0.5, 1 / p ** 0.5)
+    x = nn.Dense(self.embed_dim, dtype=self.dtype, name='proj',
+                 kernel_init=param_with_axes(bound, (PATCH, EMBED)),
+                 bias_init=param_with_axes(bias_bound, (EMBED,)))(x.astype(self.dtype))
+    return rms_norm((EMBED,), dtype=self.dtype, name='norm')(x)  # [B, N, D]
+
+
+class Attention(nn.Module):
+  """MHSA with qk-RMSNorm over all heads jointly and LPE on V (SPEC B.5)."""
+  num_heads: int
+  layer_index: int = 0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask):  # x [B, N, D], mask [B, N]
+    d = x.shape[-1]
+    nh, hd = self.num_heads, d // self.num_heads
+    qkv = dense((3, nh, hd), (EMBED, QKV, HEADS, KV), use_bias=False, dtype=self.dtype,
+                name='qkv')(x)  # [B, N, 3, NH, HD]
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, NH, HD]
+    q = rms_norm((HEADS, KV), axes=(-2, -1), dtype=self.dtype, name='q_norm')(q)
+    k = rms_norm((HEADS, KV), axes=(-2, -1), dtype=self.dtype, name='k_norm')(k)
+    v_lpe = ChannelAffine((HEADS, KV), name='lpe')(v)
+    a = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])  # [B, N, NH, HD]
+    out_init = nn.initializers.normal(0.02 / (2.0 * (self.layer_index + 1)) ** 0.5)
+    return dense(d, (HEADS, KV, EMBED), axis=(-2, -1), init=out_init, dtype=self.dtype,
+                 name='proj')(a + v_lpe)  # [B, N, D]
+
+
+class Mlp(nn.Module):
+  hidden: int
+  activation: str = 'gelu_tanh'
+  layer_index: int = 0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    h = dense(self.hidden, (EMBED, MLP), dtype=self.dtype, name='fc1')(x)
+    h = gelu(self.activation)(h)
+    out_init = nn.initializers.normal(0.02 / (2.0 * (self.layer_index + 1)) ** 0.5)
+    return dense(d, (MLP, EMBED), init=out_init, dtype=self.dtype, name='fc2')(h)
+
+
+class Block(nn.Module):
+  """Pre-norm block: attention and MLP, each with LayerScale and drop path (SPEC B.5)."""
+  num_heads: int
+  mlp_hidden: int
+  activation: str = 'gelu_tanh'
+  layer_index: int = 0
+  drop_path: float = 0.0
+  layerscale_init: float = 1e-5
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask, deterministic: bool = True):
+    y = rms_norm((EMBED,), dtype=self.dtype, name='norm1')(x)
+    y = Attention(self.num_heads, self.layer_index, self.dtype, name='attn')(y, mask)
+    y = LayerScale(self.layerscale_init, name='ls1')(y)
+    x = x + DropPath(self.drop_path)(y, deterministic)
+    y = rms_norm((EMBED,), dtype=self.dtype, name='norm2')(x)
+    y = Mlp(self.mlp_hidden, self.activation, self.layer_index, self.dtype, name='mlp')(y)
+    y = LayerScale(self.layerscale_init, name='ls2')(y)
+    return x + DropPath(self.drop_path)(y, deterministic)
+
+
+class AttentionPooling(nn.Module):
+  """One query (the masked mean token) attends over all tokens (SPEC A.5, B.6).
+
+  No residual and no MLP; q/k/v biases are separate parameters as in the official code.
+  """
+  num_heads: int
+  out_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask):  # x [B, N, D], mask [B, N]
+    b, _, d = x.shape
+    nh, hd = self.num_heads, d // self.num_heads
+    w = mask[..., None].astype(jnp.float32)
+    q_in = jnp.sum(x.astype(jnp.float32) * w, axis=1, keepdims=True) / jnp.sum(
+        w, axis=1, keepdims=True)  # [B, 1, D]
+    q = layer_norm((EMBED,), self.dtype, name='norm1_q')(q_in.astype(x.dtype))
+    k = layer_norm((EMBED,), self.dtype, name='norm1_k')(x)
+    v = layer_norm((EMBED,), self.dtype, name='norm1_v')(x)
+    out = PoolCrossAttention(nh, hd, self.out_dim, self.dtype, name='cross_attn')(
+        q, k, v, mask)
+    return out.reshape(b, self.out_dim)  # [B, out]
+
+
+class PoolCrossAttention(nn.Module):
+  num_heads: int
+  head_dim: int
+  out_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, q, k, v, mask):
+    b, n, d = k.shape
+    nh, hd = self.num_heads, self.head_dim
+    zeros = param_with_axes(nn.initializers.zeros, (JOINED_KV,))
+
+    def project(x, name):
+      bias = self.param(f'{name}_bias', zeros, (d,))
+      y = dense(d, (EMBED, JOINED_KV), use_bias=False, dtype=self.dtype, name=name)(x)
+      return (y + bias.astype(y.dtype)).reshape(b, -1, nh, hd)  # [B, n, NH, HD]
+
+    a = jax.nn.dot_product_attention(project(q, 'q'), project(k, 'k'), project(v, 'v'),
+                                     mask=mask[:, None, None, :])  # [B, 1, NH, HD]
+    a = a.reshape(b, 1, nh * hd)
+    return dense(self.out_dim, (JOINED_KV, CLIP), dtype=self.dtype, name='proj')(a)
+
+
+class LinearDecoder(nn.Module):
+  """Linear -> LayerNorm -> L2 normalize (official Linear_Decoder, SPEC B.6)."""
+  out_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = dense(self.out_dim, (CLIP, CLIP), dtype=self.dtype, name='head')(x)
+    x = layer_norm((CLIP,), jnp.float32, name='norm')(x)
+    return l2_normalize(x)
+
+
+def l2_normalize(x, eps: float = 1e-12):
+  """torch.nn.functional.normalize: x / max(||x||, eps)."""
+  x = x.astype(jnp.float32)
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)

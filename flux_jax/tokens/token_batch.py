@@ -1,0 +1,105 @@
+"""The TokenBatch: the one fixed-shape contract between data and model (DESIGN.md 2).
+
+Every batch that reaches the device carries `N_max` token slots per sample. Valid tokens
+come first, in raster order (t, then h, then w), padding follows. Because every field has
+a fixed shape, one compiled program serves every sampled grid.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = Any  # np.ndarray or jax.Array: the same code runs on host and on device.
+
+
+@flax.struct.dataclass
+class TokenBatch:
+  """Patch tokens of a batch of videos, padded to a fixed count.
+
+  Attributes:
+    patches: uint8 (raw pixels, normalized on device) or float (already normalized)
+      `[B, N_max, P]`, P = tubelet * p * p * 3 ordered (kt, py, px, rgb), rgb fastest.
+    coords: int32 `[B, N_max, 3]`, (t, h, w) of each token in its sample's grid.
+    grid: int32 `[B, 3]`, (T, Hp, Wp) token grid of each sample (T counts tubelets).
+    valid: bool `[B, N_max]`, False on padding.
+    label: int32 `[B]` class id, or None for inference.
+    video_index: int32 `[B]` for multi-view evaluation, or None.
+    view: int32 `[B]` view id inside a video, or None.
+  """
+
+  patches: Array
+  coords: Array
+  grid: Array
+  valid: Array
+  label: Array | None = None
+  video_index: Array | None = None
+  view: Array | None = None
+
+  @property
+  def batch_size(self) -> int:
+    return self.patches.shape[0]
+
+  @property
+  def n_max(self) -> int:
+    return self.patches.shape[1]
+
+
+def _xp(x):
+  return jnp if isinstance(x, jax.Array) else np
+
+
+def grid_coords(t: int, hp: int, wp: int) -> np.ndarray:
+  """(t, h, w) of every token of a (t, hp, wp) grid in raster order: int32 `[N, 3]`."""
+  return np.indices((t, hp, wp), dtype=np.int32).reshape(3, -1).T
+
+
+def patchify(video: Array, *, patch_size: int = 14, tubelet_size: int = 1,
+             n_max: int | None = None) -> TokenBatch:
+  """Cuts videos into raster-ordered patch tokens, padded to `n_max`.
+
+  Works on numpy (host pipeline) and on jax arrays (on-device inference) alike.
+
+  Args:
+    video: `[B, T, H, W, 3]` or `[T, H, W, 3]`; uint8 pixels or float normalized values.
+    patch_size: spatial patch side p.
+    tubelet_size: frames per token.
+    n_max: token slots per sample; defaults to the raw token count (no padding).
+
+  Returns:
+    A TokenBatch with batch dimension (added when `video` had none).
+  """
+  xp = _xp(video)
+  if video.ndim == 4:
+    video = video[None]
+  if video.ndim != 5 or video.shape[-1] != 3:
+    raise ValueError(f'patchify expects video [B, T, H, W, 3], got shape {video.shape}')
+  b, t, h, w, c = video.shape
+  p, kt = patch_size, tubelet_size
+  if h % p or w % p:
+    raise ValueError(f'frame size {h}x{w} is not a multiple of the patch size {p}')
+  if t % kt:
+    raise ValueError(f'{t} frames is not a multiple of the tubelet size {kt}')
+  tt, hp, wp = t // kt, h // p, w // p
+  n = tt * hp * wp
+  n_max = n if n_max is None else n_max
+  if n > n_max:
+    raise ValueError(f'grid {tt}x{hp}x{wp} has {n} tokens, more than n_max={n_max}')
+
+  x = video.reshape(b, tt, kt, hp, p, wp, p, c)
+  x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)  # [B, T, Hp, Wp, kt, p, p, 3]
+  patches = x.reshape(b, n, kt * p * p * c)  # [B, N, P]
+  coords = np.broadcast_to(grid_coords(tt, hp, wp), (b, n, 3))
+  valid = np.ones((b, n), bool)
+  if n_max > n:
+    pad = n_max - n
+    patches = xp.pad(patches, ((0, 0), (0, pad), (0, 0)))
+    coords = np.pad(coords, ((0, 0), (0, pad), (0, 0)))
+    valid = np.pad(valid, ((0, 0), (0, pad)))
+  grid = np.tile(np.array([[tt, hp, wp]], np.int32), (b, 1))
+  return TokenBatch(patches=patches, coords=np.ascontiguousarray(coords), grid=grid,
+                    valid=valid)

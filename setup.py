@@ -1,0 +1,26 @@
+"""flux_jax: FluxViT video transformers in JAX, deployable at any token budget."""
+
+import pathlib
+
+import setuptools
+
+here = pathlib.Path(__file__).parent
+requirements = [
+    line.strip() for line in (here / 'requirements.txt').read_text().splitlines()
+    if line.strip() and not line.startswith('#')
+]
+
+setuptools.setup(
+    name='flux_jax',
+    version='0.1.0',
+    description='FluxViT (ICCV 2025) in JAX/Flax: flexible video training, any token budget',
+    long_description=(here / 'README.md').read_text(),
+    long_description_content_type='text/markdown',
+    packages=setuptools.find_packages(include=['flux_jax', 'flux_jax.*']),
+    python_requires='>=3.10',
+    install_requires=requirements,
+    extras_require={'torch': ['torch>=2.4']},
+    entry_points={'console_scripts': [
+        'flux-jax-convert=flux_jax.convert.__main__:run',
+    ]},
+)
