@@ -1,6 +1,7 @@
 """FluxViT in Flax Linen."""
 
 from flux_jax.model.fluxvit import (VARIANTS, FluxViT, dummy_tokens, init_params, make_model,
-                                    param_specs)
+                                    model_config, param_specs)
 
-__all__ = ['VARIANTS', 'FluxViT', 'dummy_tokens', 'init_params', 'make_model', 'param_specs']
+__all__ = ['VARIANTS', 'FluxViT', 'dummy_tokens', 'init_params', 'make_model', 'model_config',
+           'param_specs']

@@ -237,3 +237,18 @@ def param_specs(model: FluxViT) -> dict:
   variables = jax.eval_shape(lambda: model.init({'params': jax.random.key(0)},
                                                 dummy_tokens(model)))
   return nn.get_partition_spec(variables)['params']
+
+
+def model_config(model: FluxViT) -> dict[str, Any]:
+  """Every field of the model as JSON-friendly values; `make_model` rebuilds it."""
+  out = {}
+  for f in dataclasses.fields(model):
+    if f.name in ('parent', 'name'):
+      continue
+    value = getattr(model, f.name)
+    if f.name == 'dtype':
+      value = jnp.dtype(value).name
+    elif isinstance(value, tuple):
+      value = list(value)
+    out[f.name] = value
+  return out

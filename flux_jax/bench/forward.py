@@ -1,0 +1,71 @@
+"""Forward speed of FluxViT per token budget.
+
+  python -m flux_jax.bench forward [--variant=small] [--batch=2] [--repeats=3]
+
+For each raw grid and budget: compile time, median forward ms, tokens/s (kept tokens
+through the transformer per second) and the share of the forward spent before the blocks
+(patch embedding + selection + GLPE), measured with the same model at depth 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from flux_jax.model import init_params, make_model
+from flux_jax.tokens import patchify
+
+GRIDS = ((24, 252), (8, 224))  # (T, R): 7776 and 2048 raw tokens for p = 14
+BUDGETS = (None, 3072, 2048, 1024, 512)
+
+
+def _time(fn, repeats):
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn())
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return compile_s, statistics.median(times)
+
+
+def run(variant: str = 'small', batch: int = 2, repeats: int = 3, dtype: str = 'float32',
+        grids=GRIDS, budgets=BUDGETS) -> list[dict]:
+  model = make_model(dict(variant=variant, num_classes=400, dtype=dtype))
+  params = init_params(model, jax.random.key(0))
+  front = dataclasses.replace(model, depth=0)
+  front_params = {k: v for k, v in params.items() if not k.startswith('blocks_')}
+  rng = np.random.default_rng(0)
+  rows = []
+  for t, r in grids:
+    video = rng.integers(0, 256, (batch, t, r, r, 3), dtype=np.uint8)
+    tokens = jax.device_put(patchify(video, patch_size=model.patch_size))
+    n = tokens.n_max
+    for budget in budgets:
+      if budget is not None and budget >= n:
+        continue  # same program as keeping every token
+      k = n if budget is None else budget
+      full = jax.jit(functools.partial(model.apply, budget=budget, head=1))
+      pre = jax.jit(functools.partial(front.apply, budget=budget, head=1))
+      compile_s, full_s = _time(lambda: full({'params': params}, tokens)[0], repeats)
+      _, pre_s = _time(lambda: pre({'params': front_params}, tokens)[0], repeats)
+      rows.append(dict(grid=f'{t}x{r}^2', raw=n, budget=k, compile_s=compile_s,
+                       ms=1e3 * full_s, tokens_per_s=batch * k / full_s,
+                       front_share=pre_s / full_s))
+  return rows
+
+
+def format_table(rows, title: str) -> str:
+  lines = [title, '| grid | raw tokens | kept K | compile s | forward ms | tokens/s | '
+           'embed+select+GLPE share |', '|---|---|---|---|---|---|---|']
+  for r in rows:
+    lines.append(f"| {r['grid']} | {r['raw']} | {r['budget']} | {r['compile_s']:.1f} | "
+                 f"{r['ms']:.0f} | {r['tokens_per_s']:.0f} | {100 * r['front_share']:.1f}% |")
+  return '\n'.join(lines)
