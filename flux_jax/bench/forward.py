@@ -24,14 +24,16 @@ GRIDS = ((24, 252), (8, 224))  # (T, R): 7776 and 2048 raw tokens for p = 14
 BUDGETS = (None, 3072, 2048, 1024, 512)
 
 
-def _time(fn, repeats):
+def _time(fn, args, repeats):
+  """(compile seconds, median run seconds) of jit(fn)(*args)."""
   t0 = time.perf_counter()
-  jax.block_until_ready(fn())
+  compiled = jax.jit(fn).lower(*args).compile()
   compile_s = time.perf_counter() - t0
+  jax.block_until_ready(compiled(*args))  # warm-up
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
-    jax.block_until_ready(fn())
+    jax.block_until_ready(compiled(*args))
     times.append(time.perf_counter() - t0)
   return compile_s, statistics.median(times)
 
@@ -52,10 +54,11 @@ def run(variant: str = 'small', batch: int = 2, repeats: int = 3, dtype: str = '
       if budget is not None and budget >= n:
         continue  # same program as keeping every token
       k = n if budget is None else budget
-      full = jax.jit(functools.partial(model.apply, budget=budget, head=1))
-      pre = jax.jit(functools.partial(front.apply, budget=budget, head=1))
-      compile_s, full_s = _time(lambda: full({'params': params}, tokens)[0], repeats)
-      _, pre_s = _time(lambda: pre({'params': front_params}, tokens)[0], repeats)
+      full = functools.partial(model.apply, budget=budget, head=1)
+      pre = functools.partial(front.apply, budget=budget, head=1)
+      compile_s, full_s = _time(lambda p, x: full({'params': p}, x)[0], (params, tokens),
+                                repeats)
+      _, pre_s = _time(lambda p, x: pre({'params': p}, x)[0], (front_params, tokens), repeats)
       rows.append(dict(grid=f'{t}x{r}^2', raw=n, budget=k, compile_s=compile_s,
                        ms=1e3 * full_s, tokens_per_s=batch * k / full_s,
                        front_share=pre_s / full_s))

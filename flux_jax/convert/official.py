@@ -17,7 +17,7 @@ import flax
 import jax
 import numpy as np
 
-from flux_jax.model.fluxvit import VARIANTS, FluxViT, dummy_tokens, make_model
+from flux_jax.model.fluxvit import FluxViT, abstract_params, init_params, make_model
 
 PREFIXES = ('backbone.', 'encoder.')
 # Keys of the official pretraining model that the fine-tuning model does not have.
@@ -227,9 +227,7 @@ def load_official_checkpoint(path_or_state_dict, *, variant: str, num_classes: i
   pos_grid = _pos_grid(sd, num_frames, source)
   model = make_model(dict(variant=variant, num_classes=num_classes, pos_grid=pos_grid,
                           mlp_activation=mlp_activation, **model_overrides))
-  shapes = jax.eval_shape(lambda: model.init({'params': jax.random.key(0)},
-                                             dummy_tokens(model)))['params']
-  shapes = flax.traverse_util.flatten_dict(flax.linen.unbox(shapes))
+  shapes = flax.traverse_util.flatten_dict(abstract_params(model))
 
   rules = rules_for(model)
   known = {r.official for r in rules} | {'pos_embed'}
@@ -262,7 +260,6 @@ def load_official_checkpoint(path_or_state_dict, *, variant: str, num_classes: i
       raise CheckpointError(f'{source}: {"/".join(path)} has shape {value.shape}, variant '
                             f'{variant!r} expects {want} (num_classes={num_classes}?)')
   if missing:
-    from flux_jax.model.fluxvit import init_params  # pylint: disable=g-import-not-at-top
     fresh = flax.traverse_util.flatten_dict(init_params(model, jax.random.key(0)))
     for path in shapes:
       flat.setdefault(path, np.asarray(fresh[path]))
@@ -284,5 +281,12 @@ def to_official_state_dict(model: FluxViT, params) -> dict[str, np.ndarray]:
   return out
 
 
-def variant_names() -> list[str]:
-  return sorted(VARIANTS)
+def save_official_checkpoint(path: str, state_dict: Mapping[str, np.ndarray]) -> None:
+  """Writes a state dict of official names as a PyTorch .pth file."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise CheckpointError(f'{path}: writing PyTorch checkpoints needs torch '
+                          '(pip install torch)') from e
+  # np.array copies: the layouts are transposed views, and torch wants owned memory.
+  torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, path)

@@ -144,7 +144,7 @@ class FluxViT(nn.Module):
     x = x + posemb.interpolate_at(table, coords, tokens.grid).astype(x.dtype)
 
     cls_token = self.param('cls_token', layers.param_with_axes(
-        nn.initializers.normal(0.02), (EMBED,)), (d,))
+        layers.trunc_normal(0.02), (EMBED,)), (d,))
     cls_pos = self.param('cls_pos', layers.param_with_axes(
         nn.initializers.zeros, (EMBED,)), (d,))
     cls = jnp.broadcast_to((cls_token + cls_pos).astype(x.dtype), (b, 1, d))
@@ -232,11 +232,18 @@ def init_params(model: FluxViT, rng: jax.Array) -> dict:
   return nn.unbox(variables['params'])
 
 
+def _abstract_variables(model: FluxViT) -> dict:
+  return jax.eval_shape(lambda: model.init({'params': jax.random.key(0)}, dummy_tokens(model)))
+
+
+def abstract_params(model: FluxViT) -> dict:
+  """ShapeDtypeStructs of the model's params, computed without allocating them."""
+  return nn.unbox(_abstract_variables(model)['params'])
+
+
 def param_specs(model: FluxViT) -> dict:
   """Logical axis names of every parameter, as a pytree of PartitionSpecs."""
-  variables = jax.eval_shape(lambda: model.init({'params': jax.random.key(0)},
-                                                dummy_tokens(model)))
-  return nn.get_partition_spec(variables)['params']
+  return nn.get_partition_spec(_abstract_variables(model))['params']
 
 
 def model_config(model: FluxViT) -> dict[str, Any]:

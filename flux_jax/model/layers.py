@@ -26,9 +26,15 @@ CLIP = 'clip_embed'  # projector output width
 CLASSES = 'classes'
 POS_T, POS_H, POS_W = 'pos_t', 'pos_h', 'pos_w'
 
-# PyTorch nn.Linear in the official model: trunc_normal(0.02) with absolute bounds +-2,
-# effectively a plain normal (SPEC B.7).
-linear_init = nn.initializers.normal(0.02)
+def trunc_normal(std: float, bound: float = 2.0):
+  """timm's trunc_normal_(std, a=-bound, b=bound): bounds are absolute, not in stds."""
+  def init(key, shape, dtype=jnp.float32):
+    return std * jax.random.truncated_normal(key, -bound / std, bound / std, shape, dtype)
+  return init
+
+
+# Every nn.Linear of the official model (SPEC B.7); with std 0.02 the +-2 bounds never bind.
+linear_init = trunc_normal(0.02)
 
 
 def param_with_axes(init: Callable, names: tuple[str | None, ...]):
@@ -143,7 +149,7 @@ class Attention(nn.Module):
     k = rms_norm((HEADS, KV), axes=(-2, -1), dtype=self.dtype, name='k_norm')(k)
     v_lpe = ChannelAffine((HEADS, KV), name='lpe')(v)
     a = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])  # [B, N, NH, HD]
-    out_init = nn.initializers.normal(0.02 / (2.0 * (self.layer_index + 1)) ** 0.5)
+    out_init = trunc_normal(0.02 / (2.0 * (self.layer_index + 1)) ** 0.5)  # fix_init_weight
     return dense(d, (HEADS, KV, EMBED), axis=(-2, -1), init=out_init, dtype=self.dtype,
                  name='proj')(a + v_lpe)  # [B, N, D]
 
@@ -159,7 +165,7 @@ class Mlp(nn.Module):
     d = x.shape[-1]
     h = dense(self.hidden, (EMBED, MLP), dtype=self.dtype, name='fc1')(x)
     h = gelu(self.activation)(h)
-    out_init = nn.initializers.normal(0.02 / (2.0 * (self.layer_index + 1)) ** 0.5)
+    out_init = trunc_normal(0.02 / (2.0 * (self.layer_index + 1)) ** 0.5)  # fix_init_weight
     return dense(d, (MLP, EMBED), init=out_init, dtype=self.dtype, name='fc2')(h)
 
 

@@ -52,18 +52,32 @@ def cubic_taps(dst: jax.Array, out_size: jax.Array, in_size: int):
   return idx, w
 
 
-def interpolate_at(table: jax.Array, coords: jax.Array, grid: jax.Array) -> jax.Array:
+def interpolate_at(table: jax.Array, coords: jax.Array, grid: jax.Array,
+                   chunk: int = 256) -> jax.Array:
   """The table resized to each sample's grid, evaluated at the given tokens.
 
   Args:
     table: `[T0, H0, W0, D]`.
     coords: int `[B, K, 3]` (t, h, w) of the tokens.
     grid: int `[B, 3]` (T, Hp, Wp) of each sample.
+    chunk: tokens evaluated at once; bounds the `[B, chunk, 32, D]` tap gather, which
+      XLA materializes (K = 3072, D = 384 would take 150 MB per sample in one piece).
 
   Returns:
     `[B, K, D]`, equal to resizing the table to (T, Hp, Wp) with PyTorch's linear (time)
     then bicubic (space) interpolation and reading it at the coordinates.
   """
+  b, k, _ = coords.shape
+  if k <= chunk:
+    return _interpolate_taps(table, coords, grid)
+  n = -(-k // chunk)
+  padded = jnp.pad(coords, ((0, 0), (0, n * chunk - k), (0, 0)))
+  pieces = padded.reshape(b, n, chunk, 3).transpose(1, 0, 2, 3)  # [n, B, chunk, 3]
+  out = jax.lax.map(lambda c: _interpolate_taps(table, c, grid), pieces)  # [n, B, chunk, D]
+  return out.transpose(1, 0, 2, 3).reshape(b, n * chunk, -1)[:, :k]  # [B, K, D]
+
+
+def _interpolate_taps(table, coords, grid):
   t0, h0, w0, d = table.shape
   grid = grid[:, None, :]  # [B, 1, 3]
   ti, tw = linear_taps(coords[..., 0], grid[..., 0], t0)  # [B, K, 2]

@@ -1,0 +1,124 @@
+"""Orbax params checkpoints (flux_jax/checkpoint.py) and the convert CLI, end to end."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+from flux_jax.checkpoint import load_params, read_config, save_params
+from flux_jax.convert import to_official_state_dict
+from flux_jax.model.fluxvit import init_params, make_model, model_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  model = make_model(dict(variant='tiny', num_classes=5))
+  # Random values everywhere: zero-initialized params would hide swapped leaves.
+  shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+  rng = np.random.default_rng(0)
+  return model, jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)
+
+
+def _assert_bit_equal(got, want):
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    g, w = np.asarray(g), np.asarray(w)
+    assert g.dtype == w.dtype == np.float32 and g.shape == w.shape
+    np.testing.assert_array_equal(g.view(np.uint32), w.view(np.uint32))
+
+
+def test_round_trip(tiny, tmp_path):
+  model, params = tiny
+  save_params(tmp_path / 'ckpt', params, model_config(model), metadata={'source': 'x.pth'})
+  got_model, got_params = load_params(tmp_path / 'ckpt')
+  assert got_model == model
+  _assert_bit_equal(got_params, params)
+  assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(got_params))
+  assert read_config(tmp_path / 'ckpt') == {'model': model_config(model),
+                                            'metadata': {'source': 'x.pth'}}
+
+
+def test_overwrite(tiny, tmp_path):
+  model, params = tiny
+  (tmp_path / 'empty').mkdir()
+  save_params(tmp_path / 'empty', params, model_config(model))  # empty dirs are fine
+  with pytest.raises(ValueError, match=re.escape(f'{tmp_path}/empty: exists')):
+    save_params(tmp_path / 'empty', params, model_config(model))
+  zeros = jax.tree.map(np.zeros_like, params)
+  save_params(tmp_path / 'empty', zeros, model_config(model), overwrite=True)
+  _assert_bit_equal(load_params(tmp_path / 'empty')[1], zeros)
+
+
+def test_save_refuses_params_of_another_model(tiny, tmp_path):
+  model, params = tiny
+  with pytest.raises(ValueError, match=r'head_0/kernel \(64, 5\) float32 \(want \(64, 7\)'):
+    save_params(tmp_path / 'c', params, dict(model_config(model), num_classes=7))
+  assert not (tmp_path / 'c').exists()
+
+
+def test_load_errors(tiny, tmp_path):
+  model, params = tiny
+  with pytest.raises(ValueError, match=re.escape(f'{tmp_path}/missing: no such checkpoint')):
+    load_params(tmp_path / 'missing')
+  (tmp_path / 'other').mkdir()
+  (tmp_path / 'other' / 'weights.npz').write_bytes(b'')
+  with pytest.raises(ValueError, match=re.escape(f'{tmp_path}/other: not a flux_jax')):
+    load_params(tmp_path / 'other')
+  # A config edited after saving no longer matches the stored params.
+  save_params(tmp_path / 'c', params, model_config(model))
+  [config_file] = [p for p in (tmp_path / 'c' / 'config').iterdir() if p.suffix != '.txt']
+  config = json.loads(config_file.read_text())
+  config['model']['num_classes'] = 7
+  config_file.write_text(json.dumps(config))
+  with pytest.raises(ValueError, match=re.escape(f'{tmp_path}/c: params do not match')):
+    load_params(tmp_path / 'c')
+
+
+def _cli(*args):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, '-m', 'flux_jax.convert', *map(str, args)],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_round_trip(tiny, tmp_path):
+  model, params = tiny
+  official = to_official_state_dict(model, params)
+  torch.save({f'backbone.{k}': torch.from_numpy(np.array(v)) for k, v in official.items()},
+             tmp_path / 'in.pth')
+
+  r = _cli('--checkpoint', tmp_path / 'in.pth', '--variant', 'tiny', '--num_classes', 5,
+           '--num_frames', 4, '--out', tmp_path / 'ckpt')
+  assert r.returncode == 0, r.stderr
+  assert f'to {tmp_path}/ckpt' in r.stderr
+  got_model, got_params = load_params(tmp_path / 'ckpt')
+  assert got_model == model
+  _assert_bit_equal(got_params, params)
+  assert read_config(tmp_path / 'ckpt')['metadata'] == {
+      'source': str(tmp_path / 'in.pth'), 'variant': 'tiny'}
+
+  r = _cli('--reverse', '--checkpoint', tmp_path / 'ckpt', '--out', tmp_path / 'back.pth')
+  assert r.returncode == 0, r.stderr
+  back = torch.load(tmp_path / 'back.pth', weights_only=True)
+  assert sorted(back) == sorted(official)
+  for k, v in official.items():
+    assert back[k].dtype == torch.float32, k
+    np.testing.assert_array_equal(back[k].numpy().view(np.uint32),
+                                  np.asarray(v).view(np.uint32), err_msg=k)
+
+
+def test_cli_rejects_a_text_file(tmp_path):
+  path = tmp_path / 'notes.pth'
+  path.write_text('not a checkpoint\n')
+  r = _cli('--checkpoint', path, '--variant', 'tiny', '--num_classes', 5, '--num_frames', 4,
+           '--out', tmp_path / 'ckpt')
+  assert r.returncode != 0
+  assert str(path) in r.stderr
+  assert not (tmp_path / 'ckpt').exists()

@@ -1,0 +1,72 @@
+"""Training-mode forward: drop path, remat, bf16 compute and gradients to every parameter."""
+
+import functools
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flux_jax.model import init_params, make_model
+from flux_jax.tokens import patchify
+
+
+def _tokens():
+  video = np.random.default_rng(0).integers(0, 256, (2, 6, 42, 42, 3), dtype=np.uint8)
+  return patchify(video, n_max=60)
+
+
+@pytest.mark.parametrize('remat', [False, True])
+def test_gradients_reach_every_used_parameter(remat):
+  model = make_model(dict(variant='tiny', num_classes=5, drop_path_rate=0.5, remat=remat))
+  params = init_params(model, jax.random.key(0))
+  tokens = _tokens()
+
+  @functools.partial(jax.jit, static_argnames='train')
+  def loss(p, rng, train=True):
+    logits, aux = model.apply({'params': p}, tokens, budget=30, head=1, align_proj=0,
+                              train=train, rngs={'dropout': rng})
+    # A fixed direction: the mean of a LayerNormed unit vector is always 0.
+    direction = jnp.linspace(-1.0, 1.0, aux['projected'].shape[-1])
+    return jnp.mean(logits ** 2) + jnp.mean(aux['projected'] @ direction)
+
+  grads = jax.grad(loss)(params, jax.random.key(1), train=False)
+  grads = flax.traverse_util.flatten_dict(grads)
+  unused = ('clip_projector_0', 'clip_projector_2', 'head_0', 'head_2',
+            'final_clip_decoder_for_projs_1')
+  for path, g in grads.items():
+    g = np.asarray(g)
+    assert np.isfinite(g).all(), path
+    if path[0] not in unused:
+      assert np.abs(g).max() > 0, path
+  # Drop path is random in training and off in evaluation.
+  a, b = loss(params, jax.random.key(1)), loss(params, jax.random.key(2))
+  assert float(a) != float(b)
+  c, d = (loss(params, jax.random.key(k), train=False) for k in (1, 2))
+  assert float(c) == float(d)
+  for g in jax.tree.leaves(jax.grad(loss)(params, jax.random.key(3))):
+    assert np.isfinite(np.asarray(g)).all()
+
+
+def test_bfloat16_compute_tracks_float32():
+  tokens = _tokens()
+  f32 = make_model(dict(variant='tiny', num_classes=5))
+  bf16 = make_model(dict(variant='tiny', num_classes=5, dtype='bfloat16'))
+  params = init_params(f32, jax.random.key(0))
+  apply = functools.partial(jax.jit, static_argnames=('budget',))
+  want, _ = apply(lambda p, t, budget: f32.apply({'params': p}, t, budget=budget))(
+      params, tokens, budget=30)
+  got, aux = apply(lambda p, t, budget: bf16.apply({'params': p}, t, budget=budget))(
+      params, tokens, budget=30)
+  assert got.dtype == jnp.float32 and aux['pooled'].dtype == jnp.float32
+  np.testing.assert_allclose(got, want, atol=0.05 * float(jnp.abs(want).max()))
+
+
+def test_random_selector_needs_and_uses_its_rng():
+  model = make_model(dict(variant='tiny', num_classes=5, selector='random'))
+  params = init_params(model, jax.random.key(0))
+  tokens = _tokens()
+  run = jax.jit(lambda r: model.apply({'params': params}, tokens, budget=20,
+                                      rngs={'selection': r})[1]['kept_index'])
+  assert not np.array_equal(run(jax.random.key(0)), run(jax.random.key(1)))
