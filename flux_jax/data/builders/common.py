@@ -1,0 +1,90 @@
+"""What the TFDS builders share: the record schema, preparing offline, a process pool."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import inspect
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
+
+from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
+
+_T = TypeVar('_T')
+_R = TypeVar('_R')
+
+
+class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base of the builders here: local data only, generated on `num_workers` processes."""
+
+  def __init__(self, *, num_workers: int = 1, **kwargs):
+    """`num_workers` processes make the examples; the output does not depend on it."""
+    self._num_workers = num_workers
+    super().__init__(**kwargs)
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    # TFDS 4.9.10 finds this through `importlib_resources`, which it requires only on
+    # Python < 3.9, and fails without it (tensorflow/datasets#11212). The module's
+    # file is the same answer.
+    return epath.Path(inspect.getfile(cls))
+
+
+def video_features(label_names: Sequence[str] | None) -> tfds.features.FeaturesDict:
+  """The record every builder writes and the pipeline reads.
+
+  `video` holds the encoded file (mp4 bytes) untouched: a scalar object Tensor is
+  stored as raw bytes and comes back as `bytes` from `as_data_source` without
+  TensorFlow. `id` comes back as bytes too. `label_names=None` leaves the names to be
+  restored from a prepared dataset's `label.labels.txt`.
+  """
+  label = (tfds.features.ClassLabel() if label_names is None
+           else tfds.features.ClassLabel(names=list(label_names)))
+  return tfds.features.FeaturesDict({
+      'video': tfds.features.Tensor(shape=(), dtype=np.object_),
+      'label': label,
+      'id': tfds.features.Text(),
+      'num_frames': tfds.features.Scalar(dtype=np.int32),
+      'height': tfds.features.Scalar(dtype=np.int32),
+      'width': tfds.features.Scalar(dtype=np.int32),
+  })
+
+
+def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
+  """Generates array_record files from local data only: no download, no GCS lookup."""
+  builder.download_and_prepare(
+      file_format='array_record',
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return builder
+
+
+def default_workers() -> int:
+  return os.cpu_count() or 1
+
+
+def ordered_map(fn: Callable[[_T], _R], items: Iterable[_T], num_workers: int,
+                in_flight_per_worker: int = 8) -> Iterator[_R]:
+  """`map(fn, items)` on `num_workers` spawned processes, in order, with bounded memory.
+
+  At most `num_workers * in_flight_per_worker` results wait in memory, so a slow
+  consumer never lets encoded videos pile up. `fn` must be a module-level function.
+  Spawned (not forked) workers: the parent may hold threads (TFDS, JAX) that fork
+  would copy in a broken state.
+  """
+  if num_workers <= 1:
+    yield from map(fn, items)
+    return
+  context = multiprocessing.get_context('spawn')
+  with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
+    pending = collections.deque()
+    for item in items:
+      pending.append(pool.submit(fn, item))
+      if len(pending) >= num_workers * in_flight_per_worker:
+        yield pending.popleft().result()
+    while pending:
+      yield pending.popleft().result()

@@ -1,0 +1,264 @@
+"""TFDS builder `video_csv`: the user's own videos, from list files or class folders.
+
+Each split comes from a list file or from a folder with one sub-folder per class:
+
+  config = VideoCsvConfig(name='k400_320', short_side=320, root='/data/k400/videos',
+                          splits={'train': 'train.txt', 'validation': 'val.csv'})
+  builder = build(config, data_dir)  # -> data_dir/video_csv/k400_320/1.0.0
+
+List formats (decided per file from its first data line; blank and '#' lines skipped):
+  * `path label`, space separated (Kinetics/SSv2 style); the label is the last field, so
+    paths may contain spaces;
+  * `path,label` (csv);
+  * `source,path,total_time,start,end,label` (the K-Mash csv; a header row is skipped).
+    When start and end are numbers with end > start, only frames with
+    start <= index / fps < end are kept (re-encoded); otherwise the whole video.
+Labels are ints or class names. If every label of every split is an int, ints are the
+class ids (names '0'..'max'); otherwise the names, sorted, give the ids. Folder trees
+use the sorted sub-folder names. The map is stored as the ClassLabel names and as
+`label_map.json` in the dataset directory.
+
+Files that are missing or that do not decode are skipped, never fatal: each is logged
+and listed with its reason in `manifest.json` in the dataset directory.
+
+Stored per video: the encoded bytes (the original file, or an H.264 re-encode when
+`short_side` is set or a segment is cut), label, id (the path as listed, or
+`class/file` for folders) and num_frames/height/width from `decode.probe`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+
+from absl import logging
+import tensorflow_datasets as tfds
+
+from flux_jax.data import decode
+from flux_jax.data.builders import common
+
+VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg')
+MANIFEST = 'manifest.json'
+LABEL_MAP = 'label_map.json'
+
+
+@dataclasses.dataclass(eq=False)
+class VideoCsvConfig(tfds.core.BuilderConfig):
+  """Where the videos are and how to store them. `name` names the dataset directory."""
+  splits: Mapping[str, str] = dataclasses.field(default_factory=dict)  # split -> source
+  root: str | None = None  # prefix of relative list paths; default: the list's folder
+  short_side: int | None = None  # re-encode with this short side; None: original bytes
+  extensions: tuple[str, ...] = VIDEO_EXTENSIONS  # files taken from class folders
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One listed video."""
+  id: str  # the path as listed (folders: class/file)
+  file: str  # the path to read
+  label: str  # as written: an int or a class name
+  segment: tuple[float, float] | None = None  # seconds [start, end) to keep
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelMap:
+  """Class names in id order, and whether the labels were ints used as ids."""
+  names: tuple[str, ...]
+  from_ints: bool
+
+  @classmethod
+  def from_labels(cls, labels: Iterable[str]) -> LabelMap:
+    labels = set(labels)
+    if labels and all(x.isdecimal() for x in labels):
+      return cls(tuple(str(i) for i in range(max(int(x) for x in labels) + 1)), True)
+    return cls(tuple(sorted(labels)), False)
+
+  @functools.cached_property
+  def _ids(self) -> dict[str, int]:
+    return {name: i for i, name in enumerate(self.names)}
+
+  def id(self, label: str) -> int:
+    return int(label) if self.from_ints else self._ids[label]
+
+
+def read_split(source: str, root: str | None,
+               extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[Entry]:
+  """The entries of a split: a class-folder tree if `source` is a folder, else a list."""
+  if os.path.isdir(source):
+    return scan_class_folders(source, extensions)
+  return read_list(source, root)
+
+
+def scan_class_folders(root: str, extensions: Sequence[str] = VIDEO_EXTENSIONS
+                       ) -> list[Entry]:
+  """root/<class>/<file> for every file with a video extension, sorted."""
+  entries = []
+  for name in sorted(os.listdir(root)):
+    folder = os.path.join(root, name)
+    if not os.path.isdir(folder) or name.startswith('.'):
+      continue
+    for dirpath, dirnames, filenames in os.walk(folder):
+      dirnames.sort()
+      for filename in sorted(filenames):
+        if filename.lower().endswith(tuple(extensions)):
+          file = os.path.join(dirpath, filename)
+          entries.append(Entry(id=os.path.relpath(file, root), file=file, label=name))
+  if not entries:
+    raise ValueError(f'{root}: no class sub-folder holds a file ending in {extensions}')
+  return entries
+
+
+def read_list(list_file: str, root: str | None = None) -> list[Entry]:
+  """Parses a list file in one of the three formats (module docstring)."""
+  root = os.path.dirname(os.path.abspath(list_file)) if root is None else root
+  with open(list_file, newline='') as f:
+    lines = [(n, line.strip()) for n, line in enumerate(f, 1)]
+  lines = [(n, line) for n, line in lines if line and not line.startswith('#')]
+  if not lines:
+    raise ValueError(f'{list_file}: no entries')
+  is_csv = ',' in lines[0][1]
+  entries = []
+  for n, line in lines:
+    where = f'{list_file}:{n}'
+    if is_csv:
+      fields = [x.strip() for x in next(csv.reader([line]))]
+      if fields[-1].lower() == 'label' and n == lines[0][0]:
+        continue  # header row
+      if len(fields) == 2:
+        path, label, segment = fields[0], fields[1], None
+      elif len(fields) == 6:
+        path, label, segment = fields[1], fields[5], _segment(fields[3], fields[4])
+      else:
+        raise ValueError(f'{where}: expected 2 (path,label) or 6 (source,path,'
+                         f'total_time,start,end,label) csv fields, got {len(fields)}')
+    else:
+      fields = line.rsplit(maxsplit=1)
+      if len(fields) != 2:
+        raise ValueError(f'{where}: expected "path label", got {line!r}')
+      (path, label), segment = fields, None
+    if not path or not label:
+      raise ValueError(f'{where}: empty path or label in {line!r}')
+    if label.lstrip('-').isdecimal() and int(label) < 0:
+      raise ValueError(f'{where}: negative label {label}')
+    entries.append(Entry(id=path, file=os.path.join(root, path), label=label,
+                         segment=segment))
+  return entries
+
+
+def _segment(start: str, end: str) -> tuple[float, float] | None:
+  try:
+    segment = float(start), float(end)
+  except ValueError:
+    return None
+  return segment if segment[1] > segment[0] else None
+
+
+class VideoCsv(common.LocalBuilder):
+  """Videos listed by the user; configure with a `VideoCsvConfig`."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First version.'}
+
+  def __init__(self, **kwargs):
+    self._skipped = []  # manifest rows, filled while the splits are generated
+    super().__init__(**kwargs)
+
+  def _entries(self) -> dict[str, list[Entry]]:
+    config = self.builder_config
+    if not config.splits:
+      raise ValueError(f'video_csv config {config.name!r}: no splits given')
+    return {split: read_split(source, config.root, config.extensions)
+            for split, source in config.splits.items()}
+
+  def _label_map(self, entries: Mapping[str, list[Entry]]) -> LabelMap:
+    return LabelMap.from_labels(e.label for split in entries.values() for e in split)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    # A prepared dataset restores its names from disk: the sources may be gone.
+    prepared = (self.data_path / 'dataset_info.json').exists()
+    names = None if prepared else self._label_map(self._entries()).names
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__,
+        features=common.video_features(names),
+        supervised_keys=('video', 'label'),
+    )
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    del dl_manager  # local files only
+    entries = self._entries()
+    labels = self._label_map(entries)
+    return {split: self._generate_examples(split, split_entries, labels)
+            for split, split_entries in entries.items()}
+
+  def _generate_examples(self, split: str, entries: list[Entry], labels: LabelMap):
+    config = self.builder_config
+    jobs = ((i, e, labels.id(e.label), config.short_side) for i, e in enumerate(entries))
+    kept = 0
+    for i, record, reason in common.ordered_map(_load, jobs, self._num_workers):
+      if record is None:
+        logging.warning('video_csv %s: skipping %s: %s', split, entries[i].file, reason)
+        self._skipped.append({'split': split, 'id': entries[i].id,
+                              'file': entries[i].file, 'reason': reason})
+        continue
+      kept += 1
+      yield i, record
+    logging.info('video_csv %s: %d videos kept, %d skipped', split, kept,
+                 len(entries) - kept)
+    if not kept:
+      raise ValueError(f'video_csv {split} ({config.splits[split]}): none of the '
+                       f'{len(entries)} listed videos could be read')
+
+  def _download_and_prepare(self, dl_manager, download_config) -> None:
+    super()._download_and_prepare(dl_manager, download_config)
+    config = self.builder_config
+    labels = self._label_map(self._entries())
+    (self.data_path / LABEL_MAP).write_text(json.dumps(
+        {'names': list(labels.names), 'from_ints': labels.from_ints}, indent=1))
+    (self.data_path / MANIFEST).write_text(json.dumps({
+        'config': config.name,
+        'sources': dict(config.splits),
+        'short_side': config.short_side,
+        'num_examples': {s: self.info.splits[s].num_examples for s in config.splits},
+        'skipped': self._skipped,
+    }, indent=1))
+    logging.info('video_csv: %d files skipped, listed in %s', len(self._skipped),
+                 self.data_path / MANIFEST)
+
+
+def _load(job: tuple[int, Entry, int, int | None]) -> tuple[int, dict | None, str]:
+  """(index, record, '') or (index, None, why it is skipped); runs in a worker."""
+  index, entry, label, short_side = job
+  try:
+    with open(entry.file, 'rb') as f:
+      data = f.read()
+  except FileNotFoundError:
+    return index, None, 'missing: no such file'
+  except OSError as e:
+    return index, None, f'unreadable: {e}'
+  try:
+    if short_side is not None or entry.segment is not None:
+      data = decode.reencode(data, short_side, entry.file, segment=entry.segment)
+    info = decode.probe(data, entry.file)
+  except decode.DecodeError as e:
+    return index, None, f'undecodable: {e}'
+  return index, {'video': data, 'label': label, 'id': entry.id,
+                 'num_frames': info.num_frames, 'height': info.height,
+                 'width': info.width}, ''
+
+
+def build(config: VideoCsvConfig, data_dir: str,
+          num_workers: int | None = None) -> VideoCsv:
+  """Builds (or reuses) the dataset of `config` in `data_dir`; returns its builder.
+
+  Read it back with `builder.as_data_source(split)`, or later, without the sources,
+  with `tfds.builder_from_directory(builder.data_dir)`. `num_workers` (default: one
+  per CPU) processes read and check the videos; above 1 they are spawned, so a calling
+  script needs an `if __name__ == '__main__':` guard.
+  """
+  workers = common.default_workers() if num_workers is None else num_workers
+  return common.prepare(VideoCsv(data_dir=data_dir, config=config, num_workers=workers))

@@ -1,0 +1,245 @@
+"""The grain Flux pipeline: encoded videos in, fixed-shape TokenBatch host batches out.
+
+Training (DESIGN.md 1):
+  source -> (source index, record) -> shuffle -> repeat -> shard by process
+  -> per element: FluxPlan of its global batch (seed, step) -> decode (PyAV, TSN
+     indices) -> random resized crop, flip -> `num_sample` augmented clips
+  -> patchify, pad to N_max (uint8) -> batch -> (multiprocess prefetch)
+Evaluation: one element per (video, clip); each yields `num_crops` views.
+
+Every element transform is a picklable class whose randomness comes from an RNG keyed on
+(seed, process, position), so the same config and seed give the same batches and a
+restored iterator state gives the same next batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+from absl import logging
+import grain
+import numpy as np
+
+from flux_jax.data import decode
+from flux_jax.data import transforms
+from flux_jax.tokens.plan import PlanSampler
+from flux_jax.tokens.token_batch import patchify
+
+# Keys of a host batch; the TokenBatch fields plus bookkeeping.
+TOKEN_FIELDS = ('patches', 'coords', 'grid', 'valid', 'label', 'video_index', 'view')
+STAT_FIELDS = ('replaced',)
+MAX_REPLACEMENTS = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class _WithSourceIndex:
+  """Pairs a record with its source index (grain passes epoch-offset indices upstream)."""
+  length: int
+
+  def __call__(self, index: int, record: Any) -> tuple[int, Any]:
+    return index % self.length, record
+
+
+def _source_id(record, index: int) -> str:
+  vid = record.get('id', index) if isinstance(record, dict) else index
+  return vid.decode() if isinstance(vid, bytes) else str(vid)
+
+
+def concat_batch(elements: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """Batches elements that each hold several clips (leading axis), flattening clips."""
+  return {k: np.concatenate([e[k] for e in elements]) for k in elements[0]}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainClip:
+  """Decodes and augments one video into `num_sample` clips of its batch's plan.
+
+  An undecodable video is replaced by another, drawn deterministically from the element's
+  position, and the replacement is counted in the `replaced` field.
+  """
+  source: Any  # random-access source of records {video, label, id, num_frames}
+  sampler: PlanSampler
+  videos_per_batch: int  # per host
+  n_max: int
+  num_sample: int = 1
+  flip: bool = True
+  scale: tuple[float, float] = (0.08, 1.0)
+  ratio: tuple[float, float] = (3 / 4, 4 / 3)
+  seed: int = 0
+  process_index: int = 0
+
+  def __call__(self, position: int, item: tuple[int, Any]) -> dict[str, np.ndarray]:
+    index, record = item
+    plan = self.sampler(position // self.videos_per_batch)
+    rng = np.random.default_rng([self.seed, self.process_index, position])
+    frames, index, record, replaced = self._decode(index, record, plan.frames, rng)
+    p, kt = self.sampler.patch_size, self.sampler.tubelet_size
+    out = []
+    for _ in range(self.num_sample):
+      clip = transforms.random_resized_crop(frames, plan.resolution, rng, self.scale,
+                                            self.ratio)
+      if self.flip and rng.random() < 0.5:
+        clip = transforms.horizontal_flip(clip)
+      out.append(patchify(clip, patch_size=p, tubelet_size=kt, n_max=self.n_max))
+    s = self.num_sample
+    return {
+        'patches': np.concatenate([t.patches for t in out]),  # [S, N_max, P]
+        'coords': np.concatenate([t.coords for t in out]),
+        'grid': np.concatenate([t.grid for t in out]),
+        'valid': np.concatenate([t.valid for t in out]),
+        'label': np.full((s,), int(record['label']), np.int32),
+        'video_index': np.full((s,), index, np.int32),
+        'view': np.arange(s, dtype=np.int32),
+        'replaced': np.full((s,), replaced, np.int32) * (np.arange(s) == 0),
+    }
+
+  def _decode(self, index, record, t, rng):
+    for attempt in range(MAX_REPLACEMENTS + 1):
+      try:
+        length = int(record['num_frames'])
+        if length < 1:
+          raise decode.DecodeError(f'{_source_id(record, index)}: empty video')
+        indices = decode.train_frame_indices(length, t, rng)
+        frames = decode.decode_frames(record['video'], indices, _source_id(record, index))
+        return frames, index, record, attempt
+      except decode.DecodeError as e:
+        logging.warning('skipping video: %s', e)
+        index = int(np.random.default_rng([self.seed, index, attempt]).integers(
+            len(self.source)))
+        record = self.source[index]
+    raise RuntimeError(f'{MAX_REPLACEMENTS + 1} videos in a row failed to decode; is the '
+                       'dataset readable?')
+
+
+def train_dataset(source, *, sampler: PlanSampler, global_batch_size: int, n_max: int,
+                  num_sample: int = 1, flip: bool = True,
+                  scale: tuple[float, float] = (0.08, 1.0),
+                  ratio: tuple[float, float] = (3 / 4, 4 / 3), seed: int = 0,
+                  process_index: int = 0, process_count: int = 1,
+                  num_epochs: int | None = None) -> grain.MapDataset:
+  """Host batches of training clips: dicts of numpy arrays, `global_batch_size /
+  process_count` clips each (`num_sample` clips per video).
+
+  Raises:
+    ValueError: before anything runs, when N_max cannot hold the largest plan or the
+      batch does not divide into processes and samples.
+  """
+  if n_max < sampler.max_plan_tokens:
+    raise ValueError(f'n_max={n_max} is smaller than the largest plan '
+                     f'({sampler.max_plan_tokens} tokens); raise n_max or lower max_tokens')
+  if global_batch_size % (process_count * num_sample):
+    raise ValueError(f'global_batch_size={global_batch_size} must divide by process_count '
+                     f'({process_count}) x num_sample ({num_sample})')
+  if len(source) == 0:
+    raise ValueError('the training source is empty')
+  videos = global_batch_size // (process_count * num_sample)
+  clip = TrainClip(source, sampler, videos, n_max, num_sample, flip, tuple(scale),
+                   tuple(ratio), seed, process_index)
+  ds = grain.MapDataset.source(source).map_with_index(_WithSourceIndex(len(source)))
+  ds = ds.seed(seed).shuffle().repeat(num_epochs)
+  ds = ds[process_index::process_count]
+  return ds.map_with_index(clip).batch(videos, drop_remainder=True, batch_fn=concat_batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalClip:
+  """One (video, clip) element: `num_crops` spatial views of one temporal clip (SPEC C.7).
+
+  An undecodable video yields empty views (valid all False, video_index -1), counted in
+  `replaced`: evaluation never substitutes another video.
+  """
+  source: Any
+  frames: int
+  resolution: int
+  num_clips: int
+  num_crops: int
+  n_max: int
+  patch_size: int = 14
+  tubelet_size: int = 1
+
+  def __call__(self, position: int) -> dict[str, np.ndarray]:
+    index, clip = divmod(position, self.num_clips)
+    record = self.source[index]
+    views = np.arange(self.num_crops, dtype=np.int32) + clip * self.num_crops
+    p = self.resolution // self.patch_size
+    try:
+      length = int(record['num_frames'])
+      if length < 1:
+        raise decode.DecodeError(f'{_source_id(record, index)}: empty video')
+      indices = decode.eval_frame_indices(length, self.frames, clip, self.num_clips)
+      frames = decode.decode_frames(record['video'], indices, _source_id(record, index))
+    except decode.DecodeError as e:
+      logging.warning('evaluation: unreadable video: %s', e)
+      pdim = self.tubelet_size * self.patch_size ** 2 * 3
+      c = self.num_crops
+      return {'patches': np.zeros((c, self.n_max, pdim), np.uint8),
+              'coords': np.zeros((c, self.n_max, 3), np.int32),
+              'grid': np.tile(np.array([[self.frames // self.tubelet_size, p, p]], np.int32),
+                              (c, 1)),
+              'valid': np.zeros((c, self.n_max), bool),
+              'label': np.full((c,), int(record['label']), np.int32),
+              'video_index': np.full((c,), -1, np.int32), 'view': views,
+              'replaced': np.ones((c,), np.int32) * (np.arange(c) == 0)}
+    crops = transforms.spatial_crops(frames, self.resolution, self.num_crops)
+    tokens = [patchify(c, patch_size=self.patch_size, tubelet_size=self.tubelet_size,
+                       n_max=self.n_max) for c in crops]
+    c = self.num_crops
+    return {
+        'patches': np.concatenate([t.patches for t in tokens]),
+        'coords': np.concatenate([t.coords for t in tokens]),
+        'grid': np.concatenate([t.grid for t in tokens]),
+        'valid': np.concatenate([t.valid for t in tokens]),
+        'label': np.full((c,), int(record['label']), np.int32),
+        'video_index': np.full((c,), index, np.int32),
+        'view': views,
+        'replaced': np.zeros((c,), np.int32),
+    }
+
+
+def pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+  """Pads a short final batch with empty rows (valid False, video_index -1)."""
+  have = len(batch['label'])
+  if have == size:
+    return batch
+  out = {}
+  for k, v in batch.items():
+    pad = np.zeros((size - have,) + v.shape[1:], v.dtype)
+    if k == 'video_index':
+      pad[:] = -1
+    if k == 'grid':
+      pad[:] = v[:1]
+    out[k] = np.concatenate([v, pad])
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _PadTo:
+  size: int
+
+  def __call__(self, elements):
+    return pad_batch(concat_batch(elements), self.size)
+
+
+def eval_dataset(source, *, frames: int, resolution: int, batch_size: int,
+                 num_clips: int = 1, num_crops: int = 1, n_max: int | None = None,
+                 patch_size: int = 14, tubelet_size: int = 1, process_index: int = 0,
+                 process_count: int = 1) -> grain.MapDataset:
+  """Host batches of evaluation views, `num_clips x num_crops` per video, in order.
+
+  The last batch is padded with empty rows (video_index -1) to keep one compiled step.
+  """
+  if resolution % patch_size:
+    raise ValueError(f'eval resolution {resolution} is not a multiple of the patch size '
+                     f'{patch_size}')
+  n = (frames // tubelet_size) * (resolution // patch_size) ** 2
+  n_max = n if n_max is None else n_max
+  if n_max < n:
+    raise ValueError(f'n_max={n_max} cannot hold {frames}x{resolution}^2 ({n} tokens)')
+  if batch_size % num_crops:
+    raise ValueError(f'eval batch_size={batch_size} must divide by num_crops={num_crops}')
+  view = EvalClip(source, frames, resolution, num_clips, num_crops, n_max, patch_size,
+                  tubelet_size)
+  ds = grain.MapDataset.range(len(source) * num_clips)[process_index::process_count]
+  per_batch = batch_size // num_crops
+  return ds.map(view).batch(per_batch, batch_fn=_PadTo(batch_size))

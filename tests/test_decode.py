@@ -1,0 +1,202 @@
+"""flux_jax.data.decode: SPEC C.2/C.7 frame indices, and PyAV on real mp4 files."""
+
+import av
+import numpy as np
+import pytest
+
+from flux_jax.data import decode
+
+
+def smooth_clip(t=40, h=96, w=128):
+  """Gradients that drift by 3 px a frame: uint8 [T, H, W, 3]."""
+  y, x = np.mgrid[:h, :w]
+  return np.stack([np.stack([(x + 3 * i) % 256, (2 * y) % 256, np.full_like(x, 128)], -1)
+                   for i in range(t)]).astype(np.uint8)
+
+
+@pytest.fixture(scope='module')
+def clip():
+  return smooth_clip()
+
+
+@pytest.fixture(scope='module')
+def mp4(clip):
+  return decode.encode_mp4(clip)
+
+
+def faststart_mp4(path, frames):
+  """An mp4 with its index (moov) first, as downloaded videos often are."""
+  with av.open(str(path), 'w', format='mp4', options={'movflags': '+faststart'}) as c:
+    stream = c.add_stream('libx264', rate=25)
+    stream.height, stream.width = frames.shape[1:3]
+    stream.pix_fmt = 'yuv420p'
+    for rgb in frames:
+      c.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format='rgb24')))
+    c.mux(stream.encode(None))
+  return path.read_bytes()
+
+
+# The official `_get_seq_frames`, transcribed with Python's round (= np.round, half to
+# even) and random.randint (both ends included).
+def official_train_bounds(length, t):
+  seg = max(0.0, (length - 1) / t)
+  return [(round(seg * i), round(seg * (i + 1))) for i in range(t)]
+
+
+def official_eval(length, t, clip, num_clips):
+  seg = max(0.0, (length - 1) / t)
+  dur = seg / (num_clips + 1)
+  return [min(round(seg * i) + int(dur * (clip + 1)), length - 1) for i in range(t)]
+
+
+@pytest.mark.parametrize('length, t, bounds', [
+    # seg = 4.875: 19.5 rounds to 20 (half to even), 24.375 to 24.
+    (40, 8, [(0, 5), (5, 10), (10, 15), (15, 20), (20, 24), (24, 29), (29, 34),
+             (34, 39)]),
+    # seg = 1.25: 2.5 rounds down to 2 (half to even), not up to 3.
+    (6, 4, [(0, 1), (1, 2), (2, 4), (4, 5)]),
+    # length < t: seg = 0.25, indices repeat.
+    (3, 8, [(0, 0), (0, 0), (0, 1), (1, 1), (1, 1), (1, 2), (2, 2), (2, 2)]),
+    (10, 1, [(0, 9)]),  # t = 1: anywhere in the video
+    (1, 4, [(0, 0)] * 4),  # one frame
+])
+def test_train_indices_hand_computed(length, t, bounds):
+  assert official_train_bounds(length, t) == bounds
+  rng = np.random.default_rng(0)
+  draws = np.stack([decode.train_frame_indices(length, t, rng) for _ in range(400)])
+  assert draws.shape == (400, t) and draws.dtype == np.int64
+  # Both ends of every segment are reached: the interval is inclusive.
+  np.testing.assert_array_equal(draws.min(0), [lo for lo, _ in bounds])
+  np.testing.assert_array_equal(draws.max(0), [hi for _, hi in bounds])
+
+
+def test_train_indices_match_official_bounds_everywhere():
+  rng = np.random.default_rng(1)
+  for length in range(1, 70):
+    for t in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32):
+      idx = decode.train_frame_indices(length, t, rng)
+      bounds = np.array(official_train_bounds(length, t))
+      assert np.all((idx >= bounds[:, 0]) & (idx <= np.minimum(bounds[:, 1], length - 1)))
+
+
+@pytest.mark.parametrize('length, t, clip, num_clips, expected', [
+    # seg = 4.875, dur = 0.975: offsets int(0.975 (c + 1)) = 0, 1, 2, 3.
+    (40, 8, 0, 4, [0, 5, 10, 15, 20, 24, 29, 34]),
+    (40, 8, 3, 4, [3, 8, 13, 18, 23, 27, 32, 37]),
+    (6, 4, 0, 1, [0, 1, 2, 4]),  # half to even at 2.5
+    (3, 8, 0, 1, [0, 0, 0, 1, 1, 1, 2, 2]),  # length < t
+    (10, 1, 0, 2, [3]),  # t = 1: seg 9, dur 3
+    (10, 1, 1, 2, [6]),
+    (1, 3, 0, 4, [0, 0, 0]),
+])
+def test_eval_indices_hand_computed(length, t, clip, num_clips, expected):
+  assert official_eval(length, t, clip, num_clips) == expected
+  np.testing.assert_array_equal(decode.eval_frame_indices(length, t, clip, num_clips),
+                                expected)
+
+
+def test_eval_indices_match_official_everywhere():
+  for length in range(1, 70):
+    for t in (1, 2, 3, 4, 8, 12, 16):
+      for num_clips in (1, 2, 4):
+        for clip in range(num_clips):
+          np.testing.assert_array_equal(
+              decode.eval_frame_indices(length, t, clip, num_clips),
+              official_eval(length, t, clip, num_clips))
+
+
+def test_indices_reject_bad_arguments():
+  with pytest.raises(ValueError, match='length'):
+    decode.train_frame_indices(0, 8, np.random.default_rng(0))
+  with pytest.raises(ValueError, match='clip'):
+    decode.eval_frame_indices(10, 8, 4, 4)
+
+
+def test_round_trip(clip, mp4):
+  info = decode.probe(mp4, 'clip.mp4')
+  assert info == decode.VideoInfo(num_frames=40, height=96, width=128, fps=25.0)
+  frames = decode.decode_frames(mp4, np.arange(40), 'clip.mp4')
+  assert frames.shape == (40, 96, 128, 3) and frames.dtype == np.uint8
+  assert np.abs(frames.astype(int) - clip).mean() < 8
+
+
+def test_decode_any_order_with_repeats(clip, mp4):
+  indices = [17, 3, 3, 39, 0, 17]
+  frames = decode.decode_frames(mp4, indices, 'clip.mp4')
+  assert frames.shape == (6, 96, 128, 3)
+  np.testing.assert_array_equal(frames[1], frames[2])
+  np.testing.assert_array_equal(frames[0], frames[5])
+  assert np.abs(frames.astype(int) - clip[indices]).mean() < 8
+
+
+def test_decode_past_the_end_names_the_source(mp4):
+  with pytest.raises(decode.DecodeError, match=r'clip\.mp4: needs frame 40 .* 40 frames'):
+    decode.decode_frames(mp4, [0, 40], 'clip.mp4')
+
+
+def test_decode_stops_at_the_last_needed_frame(tmp_path):
+  """The tail of this file is garbage: frames before it decode, a full probe fails."""
+  data = faststart_mp4(tmp_path / 'a.mp4', np.random.default_rng(0).integers(
+      0, 256, (60, 64, 64, 3), dtype=np.uint8))
+  broken = data[:len(data) * 3 // 4] + bytes(len(data) - len(data) * 3 // 4)
+  with pytest.raises(decode.DecodeError, match='broken.mp4'):
+    decode.probe(broken, 'broken.mp4')
+  with pytest.raises(decode.DecodeError, match='broken.mp4'):
+    decode.reencode(broken, 32, 'broken.mp4')
+  assert decode.decode_frames(broken, [5, 0, 10], 'broken.mp4').shape == (3, 64, 64, 3)
+
+
+@pytest.mark.parametrize('make_bad, problem', [
+    (lambda d: b'', 'empty'),
+    (lambda d: np.random.default_rng(0).bytes(5000), 'not a readable video'),
+    (lambda d: d[:len(d) // 2], 'not a readable video'),  # index (moov) cut off
+    (lambda d: b'this is a text file\n' * 50, 'not a readable video'),
+])
+def test_bad_data_raises_decode_error(mp4, make_bad, problem):
+  bad = make_bad(mp4)
+  with pytest.raises(decode.DecodeError, match=f'bad.mp4: .*{problem}'):
+    decode.probe(bad, 'bad.mp4')
+  with pytest.raises(decode.DecodeError, match='bad.mp4'):
+    decode.decode_frames(bad, [0], 'bad.mp4')
+
+
+def test_truncated_faststart_raises(tmp_path):
+  """Index first, data cut: mid-packet (decoder error) and on a packet boundary."""
+  data = faststart_mp4(tmp_path / 'a.mp4', smooth_clip(t=30))
+  with av.open(str(tmp_path / 'a.mp4')) as c:
+    positions = [p.pos for p in c.demux(c.streams.video[0]) if p.size]
+  on_boundary = data[:positions[20]]
+  with pytest.raises(decode.DecodeError, match='cut.mp4: truncated: .* 30 frames .* 20'):
+    decode.probe(on_boundary, 'cut.mp4')
+  with pytest.raises(decode.DecodeError, match='cut.mp4'):
+    decode.probe(data[:positions[20] + 7], 'cut.mp4')
+
+
+def test_encode_requires_even_sides():
+  with pytest.raises(ValueError, match='even'):
+    decode.encode_mp4(np.zeros((2, 33, 64, 3), np.uint8))
+
+
+def test_reencode_short_side(clip, mp4):
+  small = decode.reencode(mp4, 64, 'clip.mp4')
+  info = decode.probe(small, 'small')
+  assert (info.num_frames, info.height, info.width, info.fps) == (40, 64, 86, 25.0)
+  wide = decode.probe(decode.reencode(mp4, 200, 'clip.mp4'), 'wide')  # scales up too
+  assert (wide.height, wide.width) == (200, 266)  # 128 * 200 / 96 = 266.7 -> even 266
+  same = decode.reencode(mp4, None, 'clip.mp4')
+  frames = decode.decode_frames(same, np.arange(40), 'same')
+  assert frames.shape == clip.shape and np.abs(frames.astype(int) - clip).mean() < 8
+
+
+def test_reencode_segment(mp4):
+  cut = decode.reencode(mp4, None, 'clip.mp4', segment=(0.4, 1.0))  # frames 10..24
+  assert decode.probe(cut, 'cut').num_frames == 15
+  with pytest.raises(decode.DecodeError, match='clip.mp4: .*segment'):
+    decode.reencode(mp4, None, 'clip.mp4', segment=(5.0, 6.0))
+
+
+def test_official_round_is_half_to_even():
+  """The note in train_frame_indices: np.round and Python round agree (half to even)."""
+  values = [0.5, 1.5, 2.5, 19.5, 4.875 * 4]
+  assert [round(v) for v in values] == list(np.round(values).astype(int)) == [
+      0, 2, 2, 20, 20]
