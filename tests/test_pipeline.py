@@ -180,3 +180,21 @@ def test_multiprocess_prefetch_gives_the_same_batches(source):
   got = [b['patches'] for _, b in zip(range(3), mp)]
   for w, g in zip(want, got):
     np.testing.assert_array_equal(w, g)
+
+
+def test_tfds_synthetic_motion_feeds_the_pipeline(tmp_path):
+  from flux_jax.data.builders import synthetic_motion  # pylint: disable=g-import-not-at-top
+  builder = synthetic_motion.build('tiny', str(tmp_path))
+  train = builder.as_data_source('train')
+  sampler = PlanSampler(frames=(4, 8), resolutions=(56, 84), min_tokens=64, max_tokens=288)
+  ds = pipeline.train_dataset(train, sampler=sampler, global_batch_size=4, n_max=288, seed=0)
+  labels = set()
+  for _, b in zip(range(6), ds):
+    assert b['patches'].shape == (4, 288, 588) and int(b['replaced'].sum()) == 0
+    labels.update(b['label'].tolist())
+    for i, v in zip(b['label'], b['video_index']):
+      assert int(train[int(v)]['label']) == int(i)
+  assert len(labels) >= 3
+  val = pipeline.eval_dataset(builder.as_data_source('validation'), frames=4, resolution=56,
+                              batch_size=6, num_clips=2, num_crops=3)
+  assert sum(int((b['video_index'] >= 0).sum()) for b in val) == 12 * 6
