@@ -1,13 +1,51 @@
-"""Pieces shared by the experiment configs."""
+"""Pieces shared by the experiment configs: each returns one ConfigDict block."""
 
 from __future__ import annotations
 
 import ml_collections
 
+ConfigDict = ml_collections.ConfigDict
 
-def model(variant: str = 'small', num_classes: int = 400, **overrides) -> ml_collections.ConfigDict:
+
+def model(variant: str = 'small', num_classes: int = 400, **overrides) -> ConfigDict:
   """The `config.model` block: a FluxViT variant plus field overrides (see make_model)."""
-  return ml_collections.ConfigDict(dict(variant=variant, num_classes=num_classes, **overrides))
+  return ConfigDict(dict(variant=variant, num_classes=num_classes, **overrides))
+
+
+def data(name: str, config: str, data_dir: str = '~/tensorflow_datasets', **kw) -> ConfigDict:
+  """The `config.data` block (flux_jax.data.sources.open_dataset, train_dataset)."""
+  block = dict(name=name, config=config, data_dir=data_dir, train_split='train',
+               eval_split='validation', workers=0, num_sample=1, flip=True,
+               scale=(0.08, 1.0), ratio=(0.75, 1.3333))
+  block.update(kw)
+  return ConfigDict(block)
+
+
+def flux(frames=(6, 26, 2), resolutions=(112, 364, 28), min_tokens=2048,
+         max_tokens=6144) -> ConfigDict:
+  """Flux sampling space as Python range arguments (SPEC C.1 defaults)."""
+  return ConfigDict(dict(frames=tuple(frames), resolutions=tuple(resolutions),
+                         min_tokens=min_tokens, max_tokens=max_tokens))
+
+
+def optim(**kw) -> ConfigDict:
+  """AdamW + layer decay + warmup/cosine (SPEC C.5). `lr` is the base rate before the
+  scaling rule lr * batch * num_sample / 256 (set scale_lr=False to give it as is)."""
+  block = dict(lr=2e-4, scale_lr=True, min_lr=1e-6, warmup_lr=1e-6, warmup_epochs=1.0,
+               weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8, layer_decay=0.75,
+               clip_grad=None)
+  block.update(kw)
+  return ConfigDict(block)
+
+
+def mixup(enabled: bool = True) -> ConfigDict:
+  """timm batch-mode Mixup/CutMix (SPEC C.2); CutMix works on whole tokens."""
+  return ConfigDict(dict(enabled=enabled, mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0,
+                         switch_prob=0.5))
+
+
+def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ConfigDict:
+  return ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor))
 
 
 def parse_arg(arg: str | None, **defaults):

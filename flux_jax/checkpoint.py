@@ -5,9 +5,17 @@ A params checkpoint is one orbax composite directory, self-describing:
   DIR/params   the float32 param pytree (`ocp.args.StandardSave`)
   DIR/config   JSON {'model': model_config(model), 'metadata': {...}}
 
-so `load_params(DIR)` rebuilds the model and its params from DIR alone. The training
-checkpoint (state and data iterator under one CheckpointManager, house style 6) will
-live here too and use the same item names.
+so `load_params(DIR)` rebuilds the model and its params from DIR alone; `init_from`
+starts a run from one.
+
+A training checkpoint is one step of one orbax CheckpointManager (DESIGN.md 4, house
+style 6), under WORKDIR/checkpoints:
+
+  STEP/state       the train state pytree, arrays sharded as in the run
+  STEP/data_iter   the grain iterator state, one JSON file per process (grain's own
+                   orbax handler)
+
+so a resumed run sees the same next batch and computes the same next loss.
 """
 
 from __future__ import annotations
@@ -17,49 +25,76 @@ import json
 import os
 from typing import Any, Iterator, Mapping
 
+from absl import logging
 from etils import epath
 import flax
+import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
-from flux_jax.model.fluxvit import FluxViT, abstract_params, make_model
+from flux_jax.model.fluxvit import FluxViT, abstract_params, make_model, param_specs
+from flux_jax.model.layers import CLASSES
 
 PARAMS = 'params'
 CONFIG = 'config'
+STATE = 'state'
+DATA_ITER = 'data_iter'
+CHECKPOINTS = 'checkpoints'  # the CheckpointManager's folder inside a workdir
 _MAX_LISTED = 8  # per kind of mismatch in error messages
+
+
+def _registry() -> ocp.DefaultCheckpointHandlerRegistry:
+  """The handlers of every item flux_jax writes, by item name."""
+  registry = ocp.DefaultCheckpointHandlerRegistry()
+  for item, arg_types in ((PARAMS, (ocp.args.StandardSave, ocp.args.StandardRestore)),
+                          (CONFIG, (ocp.args.JsonSave, ocp.args.JsonRestore)),
+                          (STATE, (ocp.args.StandardSave, ocp.args.StandardRestore)),
+                          (DATA_ITER, (grain.checkpoint.CheckpointSave,
+                                       grain.checkpoint.CheckpointRestore))):
+    for args in arg_types:
+      registry.add(item, args)  # the handler registered for these args (grain's for grain's)
+  return registry
 
 
 @contextlib.contextmanager
 def _checkpointer() -> Iterator[ocp.Checkpointer]:
   """A synchronous composite checkpointer that knows our items' handlers."""
-  registry = ocp.DefaultCheckpointHandlerRegistry()
-  registry.add(PARAMS, ocp.args.StandardSave)
-  registry.add(PARAMS, ocp.args.StandardRestore)
-  registry.add(CONFIG, ocp.args.JsonSave)
-  registry.add(CONFIG, ocp.args.JsonRestore)
-  ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler(handler_registry=registry))
+  ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler(handler_registry=_registry()))
   try:
     yield ckptr
   finally:
     ckptr.close()
 
 
-def _check_params(expected, seen, where: str) -> None:
-  """Raises if `seen` (leaves with .shape and .dtype) differs from `expected`."""
-  expected = flax.traverse_util.flatten_dict(expected, sep='/')
-  seen = flax.traverse_util.flatten_dict(seen, sep='/')
+def _flat(tree) -> dict[str, Any]:
+  """'a/b/0/c' -> leaf; dicts, lists and named tuples alike (orbax stores named tuples
+  as dicts, so their fields are matched by name)."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(path, simple=True, separator='/'): leaf for path, leaf in leaves}
+
+
+def _check_tree(expected, seen, header: str) -> None:
+  """Raises `header` and the differences if `seen` (leaves with .shape and .dtype) is not
+  `expected` leaf for leaf."""
+  expected, seen = _flat(expected), _flat(seen)
   missing = sorted(set(expected) - set(seen))
   unexpected = sorted(set(seen) - set(expected))
   wrong = []
   for k in sorted(set(expected) & set(seen)):
-    got, want = (tuple(seen[k].shape), seen[k].dtype), (tuple(expected[k].shape), expected[k].dtype)
+    got = (tuple(seen[k].shape), np.dtype(seen[k].dtype))
+    want = (tuple(expected[k].shape), np.dtype(expected[k].dtype))
     if got != want:
       wrong.append(f'{k} {got[0]} {got[1]} (want {want[0]} {want[1]})')
   if missing or unexpected or wrong:
-    raise ValueError(f'{where}: params do not match the model config:\n'
+    raise ValueError(f'{header}:\n'
                      f'  missing: {missing[:_MAX_LISTED]}\n'
                      f'  unexpected: {unexpected[:_MAX_LISTED]}\n'
                      f'  wrong shape or dtype: {wrong[:_MAX_LISTED]}')
+
+
+def _check_params(expected, seen, where: str) -> None:
+  _check_tree(expected, seen, f'{where}: params do not match the model config')
 
 
 def save_params(directory: str | os.PathLike, params, model_config: Mapping[str, Any], *,
@@ -140,3 +175,155 @@ def load_params(directory: str | os.PathLike) -> tuple[FluxViT, dict]:
     params = ckptr.restore(path, args=ocp.args.Composite(
         **{PARAMS: ocp.args.StandardRestore(target)}))[PARAMS]
   return model, params
+
+
+def _restore_target(abstract_state, where: str):
+  """ShapeDtypeStructs with the shardings to restore into; jax.Arrays lend theirs."""
+  def one(path, leaf):
+    if isinstance(leaf, jax.Array):
+      return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+    if getattr(leaf, 'sharding', None) is None:
+      raise ValueError(f'{where}: the abstract state leaf '
+                       f'{jax.tree_util.keystr(path, simple=True, separator="/")} has no '
+                       'sharding; give ShapeDtypeStructs with sharding= or jax.Arrays')
+    return leaf
+  return jax.tree_util.tree_map_with_path(one, abstract_state)
+
+
+class TrainCheckpointer:
+  """Saves and restores `{state, data_iter}` of a training run in WORKDIR/checkpoints.
+
+  One orbax CheckpointManager: saves every `save_every` steps (or when forced, or when
+  orbax sees a preemption), keeps the latest `keep`, and writes arrays in the background
+  when `async_save`. A save captures the state and the iterator position before it
+  returns, so the loop may go on (and donate the state) at once. Every process of a
+  multi-host job makes the same calls.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, *, keep: int, save_every: int,
+               async_save: bool = True):
+    if keep < 1 or save_every < 1:
+      raise ValueError(f'{workdir}: keep={keep} and save_every={save_every} must be >= 1')
+    self.directory = epath.Path(workdir) / CHECKPOINTS
+    policies = ocp.checkpoint_managers
+    options = ocp.CheckpointManagerOptions(
+        save_decision_policy=policies.AnySavePolicy([
+            policies.FixedIntervalPolicy(save_every),
+            policies.PreemptionCheckpointingPolicy()]),
+        preservation_policy=policies.LatestN(keep),
+        enable_async_checkpointing=async_save,
+        create=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          handler_registry=_registry())
+
+  def latest_step(self) -> int | None:
+    """The newest finished checkpoint's step, None when there is none."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state, data_iterator: grain.DatasetIterator, *,
+           force: bool = False) -> bool:
+    """Saves `state` and the iterator's position if `step` is due (or `force`).
+
+    Returns:
+      whether a checkpoint was started.
+    """
+    saved = self._manager.save(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardSave(state),
+        DATA_ITER: grain.checkpoint.CheckpointSave(data_iterator)}), force=force)
+    if saved:
+      logging.info('checkpoint of step %d started in %s', step, self.directory)
+    return saved
+
+  def restore(self, step: int | None, abstract_state,
+              data_iterator: grain.DatasetIterator | None):
+    """The state of checkpoint `step` (None: the latest), arrays in the given shardings.
+
+    Args:
+      step: the step to restore, or None for the latest.
+      abstract_state: the state's tree with ShapeDtypeStructs (with `sharding=`) or
+        jax.Arrays as leaves; restored arrays get exactly these shardings.
+      data_iterator: a fresh iterator of the same pipeline; its position is set to the
+        checkpoint's. None restores the state alone (evaluation).
+
+    Raises:
+      ValueError: no such checkpoint, or its state does not match `abstract_state`
+        leaf for leaf (names, shapes, dtypes).
+    """
+    steps = self.all_steps()
+    if step is None:
+      if not steps:
+        raise ValueError(f'{self.directory}: no checkpoint to restore')
+      step = steps[-1]
+    elif step not in steps:
+      raise ValueError(f'{self.directory}: no checkpoint of step {step}; have {steps}')
+    where = f'{self.directory} step {step}'
+    target = _restore_target(abstract_state, where)
+    stored = self._manager.item_metadata(step)[STATE].tree
+    _check_tree(target, stored, f'{where}: the checkpointed state does not match the '
+                f'abstract state ("missing": only in the abstract state; "want": its shape)')
+    args = {STATE: ocp.args.StandardRestore(target)}
+    if data_iterator is not None:
+      args[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+    logging.info('restored step %d from %s', step, self.directory)
+    return restored[STATE]
+
+  def wait(self) -> None:
+    """Blocks until every started save is on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves and releases the manager."""
+    self._manager.close()
+
+  def __enter__(self) -> TrainCheckpointer:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def _put_like(value, like: jax.Array) -> jax.Array:
+  """`value` as a global array with `like`'s sharding (each process fills its shards)."""
+  host = np.asarray(value)
+  return jax.make_array_from_callback(host.shape, like.sharding, lambda index: host[index])
+
+
+def init_from(directory: str | os.PathLike, params: dict) -> dict:
+  """`params` (freshly initialised, any sharding) with the values of a params checkpoint.
+
+  The `--init` of a run: fine-tuning starts from a converted official checkpoint
+  (`save_params` / `python -m flux_jax.convert`). Arrays keep the shardings of `params`.
+  Classifier leaves (those with a 'classes' axis) whose class count differs from the
+  checkpoint's stay at their init and are named in a log line; every other leaf must
+  match in name, shape and dtype.
+
+  Raises:
+    ValueError: the directory is not a params checkpoint, or its params do not fit
+      `params` beyond the class count.
+  """
+  source, loaded = load_params(directory)
+  specs, fresh, got = _flat(param_specs(source)), _flat(params), _flat(loaded)
+
+  def other_classes(k):
+    """Whether leaf k differs from the checkpoint's in its class dimension alone."""
+    if k not in fresh or CLASSES not in specs[k]:
+      return False
+    want, have = tuple(fresh[k].shape), tuple(got[k].shape)
+    return want != have and len(want) == len(have) and all(
+        w == h for w, h, name in zip(want, have, specs[k]) if name != CLASSES)
+
+  at_init = sorted(k for k in got if other_classes(k))
+  _check_tree({k: v for k, v in fresh.items() if k not in at_init},
+              {k: v for k, v in got.items() if k not in at_init},
+              f'init_from({directory}): the checkpoint does not fit the params (want: the '
+              'shape of the params)')
+  if at_init:
+    logging.info('init_from(%s): the checkpoint has %d classes; kept at init: %s',
+                 directory, source.num_classes,
+                 ', '.join(f'{k} {tuple(fresh[k].shape)}' for k in at_init))
+  out = {k: v if k in at_init else _put_like(got[k], v) for k, v in fresh.items()}
+  return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in out.items()})

@@ -39,6 +39,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+def normalize_patches(patches: jax.Array) -> jax.Array:
+  """uint8 pixel patches -> ImageNet-normalized float32; float patches pass unchanged.
+
+  The patch vector is ordered (kt, py, px, rgb) with rgb fastest (DESIGN.md 2).
+  """
+  if patches.dtype != jnp.uint8:
+    return patches.astype(jnp.float32)
+  reps = patches.shape[-1] // 3
+  mean = jnp.tile(jnp.asarray(IMAGENET_MEAN, jnp.float32), reps)
+  std = jnp.tile(jnp.asarray(IMAGENET_STD, jnp.float32), reps)
+  return (patches.astype(jnp.float32) / 255.0 - mean) / std
+
+
 class FluxViT(nn.Module):
   """FluxViT classifier with one attention-pooling head per training budget.
 
@@ -88,14 +101,6 @@ class FluxViT(nn.Module):
     seen = num_tokens if budget is None else min(budget, num_tokens)
     return int(np.argmin([abs(b - seen) for b in self.head_budgets]))
 
-  def _normalize(self, patches):
-    if patches.dtype == jnp.uint8:  # raw pixels: ImageNet normalization on device
-      reps = self.patch_dim // 3  # rgb is the fastest axis of P
-      mean = jnp.tile(jnp.asarray(IMAGENET_MEAN, jnp.float32), reps)
-      std = jnp.tile(jnp.asarray(IMAGENET_STD, jnp.float32), reps)
-      return (patches.astype(jnp.float32) / 255.0 - mean) / std
-    return patches.astype(jnp.float32)
-
   @nn.compact
   def __call__(self, tokens: TokenBatch, *, budget: int | None = None, head: int = 0,
                align_proj: int | None = None, train: bool = False):
@@ -125,7 +130,7 @@ class FluxViT(nn.Module):
     d = self.embed_dim
 
     x = layers.PatchEmbed(d, self.dtype, name='patch_embed')(
-        self._normalize(tokens.patches))  # [B, N, D]
+        normalize_patches(tokens.patches))  # [B, N, D]
 
     if budget is not None and budget < n:
       rng = self.make_rng('selection') if self.selector == 'random' else None

@@ -1,0 +1,1 @@
+"""Evaluation: multi-view accuracy (later: Token Optimization tables, predict, export)."""

@@ -1,0 +1,35 @@
+r"""Entry point: flags only; the work is flux_jax.train.loop.train_and_evaluate.
+
+  python -m flux_jax.main --config configs/synthetic_demo.py --workdir /tmp/flux_demo \
+      [--config.train.steps=600] [--multihost]
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from flux_jax import sharding
+from flux_jax.train.loop import train_and_evaluate
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints and metrics; resumes from it.')
+_MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() '
+                               '(launch/tpu_pod.sh and launch/slurm_gpu.sbatch set it).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  sharding.initialize_distributed(_MULTIHOST.value)
+  logging.info('JAX process %d/%d, %d local devices', jax.process_index(),
+               jax.process_count(), jax.local_device_count())
+  result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  logging.info('final: %s', result)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,220 @@
+"""Device mesh, logical-axis rules and sharded placement (DESIGN.md 4, 6).
+
+Every parameter and every activation that crosses a block carries logical axis names
+(flux_jax/model/layers.py). `DEFAULT_RULES` maps them onto the mesh axes
+('data', 'fsdp', 'tensor'):
+
+  logical name              mesh axes          why
+  batch, activation_batch   ('data', 'fsdp')   every device that holds no tensor shard
+                                               takes its own rows of the batch
+  embed, clip_embed         'fsdp'             ZeRO-3: every D-wide (and projector-wide)
+                                               weight is split over fsdp and gathered
+                                               per use
+  mlp                       'tensor'           Megatron MLP: fc1 columns, fc2 rows
+  heads, joined_kv          'tensor'           attention and pooling split by head
+  everything else           replicated         kv, qkv, patch, pos_t/h/w (small), classes
+                                               (the classifier is <0.5M params; whole
+                                               logits keep the softmax local),
+                                               activation_length, activation_embed
+
+A mesh axis only splits a dimension it divides: `fit_spec` drops it (replicates that
+dimension) otherwise, so tiny test models and odd class counts work on any mesh. One
+array never uses a mesh axis twice; a logical name repeated in one array (the decoders'
+clip_embed x clip_embed kernel) is sharded at its first dimension only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+from absl import logging
+import flax.linen as nn
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from flux_jax.model import layers
+from flux_jax.model.fluxvit import FluxViT, abstract_params, param_specs
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+BATCH_AXES = ('data', 'fsdp')  # the leading axis of every batch and activation
+
+Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
+
+DEFAULT_RULES: Rules = (
+    ('batch', BATCH_AXES),
+    ('activation_batch', BATCH_AXES),
+    (layers.EMBED, 'fsdp'),
+    (layers.CLIP, 'fsdp'),
+    (layers.MLP, 'tensor'),
+    (layers.HEADS, 'tensor'),
+    (layers.JOINED_KV, 'tensor'),
+)
+
+
+def _mesh_sizes(shape: Mapping[str, int] | Sequence[int], num_devices: int) -> tuple[int, ...]:
+  """Mesh axis sizes from `config.mesh`; -1 on one axis takes the remaining devices."""
+  if isinstance(shape, Mapping):
+    unknown = sorted(set(shape) - set(MESH_AXES))
+    if unknown:
+      raise ValueError(f'unknown mesh axes {unknown} (mesh.{unknown[0]}); known: {MESH_AXES}')
+    sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
+  else:
+    if len(shape) != len(MESH_AXES):
+      raise ValueError(f'mesh shape {tuple(shape)} needs one size per axis of {MESH_AXES}')
+    sizes = [int(s) for s in shape]
+  named = ', '.join(f'mesh.{a}={s}' for a, s in zip(MESH_AXES, sizes))
+  bad = [f'mesh.{a}={s}' for a, s in zip(MESH_AXES, sizes) if s < 1 and s != -1]
+  if bad:
+    raise ValueError(f'{", ".join(bad)}: a mesh size must be positive or -1')
+  rest = [a for a, s in zip(MESH_AXES, sizes) if s == -1]
+  if len(rest) > 1:
+    raise ValueError(f'{named}: at most one mesh axis may be -1')
+  fixed = math.prod(s for s in sizes if s != -1)
+  if rest:
+    if num_devices % fixed:
+      raise ValueError(f'{named}: mesh.{rest[0]}=-1 cannot fill {num_devices} devices, the '
+                       f'other axes ({fixed} devices) do not divide them')
+    sizes = [num_devices // fixed if s == -1 else s for s in sizes]
+  elif fixed != num_devices:
+    raise ValueError(f'{named} covers {fixed} devices, but there are {num_devices}; make '
+                     'the sizes multiply to the device count or set one of them to -1')
+  return tuple(sizes)
+
+
+def make_mesh(shape: Mapping[str, int] | Sequence[int],
+              devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """The ('data', 'fsdp', 'tensor') mesh over `devices` (default: all devices).
+
+  `shape` is `config.mesh`: a mapping from axis name to size (missing axes are 1) or
+  three sizes; -1 on at most one axis means "the remaining devices".
+
+  Axes are `AxisType.Auto`: shardings come from jit in/out shardings and logical
+  constraints, and the compiler propagates the rest (jax.make_mesh defaults to Explicit).
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  sizes = _mesh_sizes(shape, len(devices))
+  return jax.make_mesh(sizes, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(sizes),
+                       devices=devices)
+
+
+def _canonical_rules(rules: Sequence[Sequence[Any]]) -> Rules:
+  """Rules as hashable pairs; configs may hold them as lists of lists."""
+  out = []
+  for rule in rules:
+    name, axes = rule
+    out.append((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes))
+  return tuple(out)
+
+
+def _check_rules(rules: Rules, mesh: jax.sharding.Mesh) -> None:
+  for name, axes in rules:
+    for axis in (axes if isinstance(axes, tuple) else (axes,)):
+      if axis is not None and axis not in mesh.axis_names:
+        raise ValueError(f'sharding rule {name!r} -> {axes!r} names mesh axis {axis!r}; the '
+                         f'mesh has {mesh.axis_names}')
+
+
+def logical_to_mesh_spec(logical: P, rules: Sequence[Sequence[Any]] = DEFAULT_RULES) -> P:
+  """A PartitionSpec of mesh axes for one array's logical names (flax rule semantics)."""
+  names, seen = [], set()
+  for name in logical:
+    # flax refuses repeated names; one mesh axis can split only one dimension anyway.
+    names.append(None if isinstance(name, str) and name in seen else name)
+    seen.add(name)
+  return nn.logical_to_mesh_axes(names, _canonical_rules(rules))
+
+
+def fit_spec(spec: P, shape: Sequence[int], mesh: jax.sharding.Mesh) -> P:
+  """Drops mesh axes that do not divide their dimension.
+
+  For a dimension sharded over several axes, the longest prefix of them whose sizes
+  multiply to a divisor is kept: a batch of 2 on ('data', 'fsdp') = (2, 2) keeps 'data'.
+  """
+  out = []
+  for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    axes = entry if isinstance(entry, tuple) else (() if entry is None else (entry,))
+    kept = ()
+    for axis in axes:
+      if dim % (math.prod(mesh.shape[a] for a in kept) * mesh.shape[axis]):
+        break
+      kept += (axis,)
+    out.append(kept if isinstance(entry, tuple) and kept else kept[0] if kept else None)
+  return P(*out)
+
+
+def _padded(spec: P, ndim: int) -> tuple:
+  return tuple(spec) + (None,) * (ndim - len(spec))
+
+
+def logical_shardings(logical_specs, abstract_tree, mesh: jax.sharding.Mesh,
+                         rules: Sequence[Sequence[Any]] = DEFAULT_RULES):
+  """NamedShardings for a tree of logical PartitionSpecs and the matching shapes.
+
+  Args:
+    logical_specs: PartitionSpecs of logical names (e.g. `param_specs(model)`, or
+      `nn.get_partition_spec` of a boxed train state); None leaves are replicated.
+    abstract_tree: the same tree with leaves that have `.shape` (ShapeDtypeStructs).
+    mesh: the device mesh.
+    rules: (logical name, mesh axes) pairs; unlisted names are replicated.
+  """
+  rules = _canonical_rules(rules)
+  _check_rules(rules, mesh)
+  fallbacks = []
+
+  def one(path, logical, leaf):
+    wanted = logical_to_mesh_spec(P() if logical is None else logical, rules)
+    spec = fit_spec(wanted, leaf.shape, mesh)
+    if _padded(spec, len(leaf.shape)) != _padded(wanted, len(leaf.shape)):
+      fallbacks.append(f'{jax.tree_util.keystr(path, simple=True, separator="/")} '
+                       f'{tuple(leaf.shape)} {tuple(wanted)} -> {tuple(spec)}')
+    return NamedSharding(mesh, spec)
+
+  out = jax.tree_util.tree_map_with_path(one, logical_specs, abstract_tree,
+                                         is_leaf=lambda x: x is None or isinstance(x, P))
+  if fallbacks:
+    logging.info('%d arrays keep some dimensions unsharded (the mesh axes do not divide '
+                 'them): %s', len(fallbacks), '; '.join(fallbacks[:8]))
+  return out
+
+
+def param_shardings(model: FluxViT, mesh: jax.sharding.Mesh,
+                    rules: Sequence[Sequence[Any]] = DEFAULT_RULES) -> dict:
+  """NamedSharding of every parameter of `model`, following `rules` where divisible."""
+  return logical_shardings(param_specs(model), abstract_params(model), mesh, rules)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Splits the leading (batch) axis over data and fsdp; the rest is replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def initialize_distributed(multihost: bool) -> None:
+  """Joins the multi-host job when the launcher asks (`--multihost`); no-op otherwise.
+
+  `jax.distributed.initialize()` finds its peers from the environment (Cloud TPU
+  metadata, SLURM); it must run before anything else touches a device.
+  """
+  if not multihost:
+    return
+  jax.distributed.initialize()
+  logging.info('process %d of %d: %d local devices, %d in all', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def shard_init(init_fn: Callable[..., Any], shardings: Any, *args) -> Any:
+  """Runs `init_fn(*args)` so that its outputs are born sharded (shape-first init).
+
+  Args:
+    init_fn: a jittable function, e.g. `lambda rng: init_params(model, rng)`.
+    shardings: a tree of Shardings matching the output, or a function from the
+      output's ShapeDtypeStructs (`jax.eval_shape`, nothing allocated) to that tree.
+    *args: arguments of `init_fn`.
+  """
+  if callable(shardings):
+    shardings = shardings(jax.eval_shape(init_fn, *args))
+  return jax.jit(init_fn, out_shardings=shardings)(*args)

@@ -1,0 +1,206 @@
+"""train_and_evaluate(config, workdir): the one training script, in banner sections.
+
+Flux-Multi or Flux-Single fine-tuning, sharded over a ('data', 'fsdp', 'tensor') mesh,
+resumable from the workdir, with periodic multi-view evaluation.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+import flax.linen as nn
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from flux_jax import checkpoint
+from flux_jax import sharding
+from flux_jax.data import pipeline
+from flux_jax.data.sources import open_dataset
+from flux_jax.data.to_device import global_batches, split_stats
+from flux_jax.eval.multiview import evaluate, to_host
+from flux_jax.model.fluxvit import FluxViT, dummy_tokens, make_model
+from flux_jax.tokens.plan import PlanSampler
+from flux_jax.train import optim
+from flux_jax.train import steps as steps_lib
+from flux_jax.train.state import TrainState
+from flux_jax.xla import CompileCounter
+
+
+class MetricWriter:
+  """Metrics to workdir/metrics.jsonl (process 0 only)."""
+
+  def __init__(self, workdir: str):
+    self._path = os.path.join(workdir, 'metrics.jsonl')
+    self._active = jax.process_index() == 0
+
+  def write(self, step: int, metrics: dict[str, Any]) -> None:
+    if self._active:
+      row = {'step': int(step), **{k: float(v) for k, v in metrics.items()}}
+      with open(self._path, 'a') as f:
+        f.write(json.dumps(row) + '\n')
+
+
+def schedule_steps(config, num_videos: int) -> tuple[int, int, int]:
+  """(total steps, warmup steps, steps per epoch); an epoch counts videos (SPEC C.5)."""
+  videos_per_step = config.train.global_batch_size // config.data.num_sample
+  per_epoch = max(1, num_videos // videos_per_step)
+  total = config.train.steps or int(config.train.epochs * per_epoch)
+  if total <= 0:
+    raise ValueError('train.steps or train.epochs must give at least one step')
+  warmup = int(round(config.optim.warmup_epochs * per_epoch))
+  return total, min(warmup, total), per_epoch
+
+
+def make_tx(config, model: FluxViT, total: int, warmup: int):
+  o = config.optim
+  scale = 1.0
+  if o.scale_lr:
+    scale = optim.scaled_lr(1.0, config.train.global_batch_size // config.data.num_sample, 1,
+                            config.data.num_sample)
+  return optim.make_optimizer(dict(
+      lr=o.lr * scale, min_lr=o.min_lr * scale, warmup_lr=o.warmup_lr * scale,
+      warmup_steps=warmup, total_steps=total, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2,
+      eps=o.eps, layer_decay=o.layer_decay, clip_grad=o.clip_grad, depth=model.depth))
+
+
+def make_train_step(config, model: FluxViT, tx):
+  mix = None
+  if config.mixup.enabled:
+    mix = {k: config.mixup[k] for k in ('mixup_alpha', 'cutmix_alpha', 'prob', 'switch_prob')}
+  if config.train.mode == 'multi':
+    return steps_lib.make_flux_multi_step(model, tx, budgets=config.train.budgets, mix=mix,
+                                          smoothing=config.train.smoothing)
+  if config.train.mode == 'single':
+    return steps_lib.make_flux_single_step(model, tx, budget=config.train.single_budget,
+                                           head=config.train.single_head, mix=mix,
+                                           smoothing=config.train.smoothing)
+  raise ValueError(f"train.mode={config.train.mode!r} is not 'multi' or 'single'")
+
+
+def abstract_state(model: FluxViT, tx, mesh, rules):
+  """Shapes and shardings of the train state, computed without allocating it."""
+  def init(rng):
+    boxed = model.init({'params': rng}, dummy_tokens(model))['params']
+    return TrainState.create(boxed, tx)  # optax keeps the logical boxes of the params
+  boxed = jax.eval_shape(init, jax.random.key(0))
+  shardings = sharding.logical_shardings(nn.get_partition_spec(boxed), nn.unbox(boxed), mesh,
+                                         rules)
+  return nn.unbox(boxed), shardings, init
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains and evaluates; returns the last evaluation metrics."""
+  os.makedirs(workdir, exist_ok=True)
+  # ----------------------------------------------------------------- Mesh, model --
+  mesh = sharding.make_mesh(dict(config.mesh))
+  rules = sharding.DEFAULT_RULES
+  model = make_model(config.model)
+  logging.info('mesh %s, model %s', dict(mesh.shape), model.__class__.__name__)
+
+  # ----------------------------------------------------------------------- Data --
+  train_src, eval_src, class_names = open_dataset(config.data)
+  if len(class_names) != model.num_classes:
+    raise ValueError(f'model.num_classes={model.num_classes} but the dataset has '
+                     f'{len(class_names)} classes')
+  sampler = PlanSampler.from_config(config.flux, patch_size=model.patch_size,
+                                    tubelet_size=model.tubelet_size, seed=config.seed)
+  d = config.data
+  train_ds = pipeline.train_dataset(
+      train_src, sampler=sampler, global_batch_size=config.train.global_batch_size,
+      n_max=config.n_max, num_sample=d.num_sample, flip=d.flip, scale=tuple(d.scale),
+      ratio=tuple(d.ratio), seed=config.seed, process_index=jax.process_index(),
+      process_count=jax.process_count()).to_iter_dataset()
+  if d.workers:
+    train_ds = train_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.workers))
+  train_iter = iter(train_ds)
+  batch_sh = sharding.batch_sharding(mesh)
+
+  # ---------------------------------------------------- Optimizer, state, resume --
+  total, warmup, per_epoch = schedule_steps(config, len(train_src))
+  tx = make_tx(config, model, total, warmup)
+  shapes, state_sh, init = abstract_state(model, tx, mesh, rules)
+  ckpt = checkpoint.TrainCheckpointer(workdir, keep=config.checkpoint.keep,
+                                      save_every=config.checkpoint.every_steps)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(None, jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, state_sh),
+        train_iter)
+    logging.info('resumed from step %d', int(state.step))
+  else:
+    state = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=state_sh)(
+        jax.random.key(config.seed))
+    if config.init:
+      state = state.replace(params=checkpoint.init_from(config.init, state.params))
+  start = int(state.step)
+
+  # --------------------------------------------------------- Compile, memory -----
+  step_fn = make_train_step(config, model, tx)
+  rng = jax.random.key(config.seed + 1)
+  jitted = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, None),
+                   out_shardings=(state_sh, None), donate_argnums=0)
+  first = next(train_iter)
+  tokens = next(global_batches([first], batch_sh))
+  counter = CompileCounter()
+  with counter:
+    compiled = jitted.lower(state, tokens, rng).compile()
+  memory = compiled.memory_analysis()
+  if memory is not None:
+    logging.info('train step: %.1f MiB temp, %.1f MiB arguments, %.1f MiB outputs',
+                 memory.temp_size_in_bytes / 2**20, memory.argument_size_in_bytes / 2**20,
+                 memory.output_size_in_bytes / 2**20)
+  e = config.eval
+  eval_step = jax.jit(steps_lib.make_eval_step(model, budget=e.budget, head=e.head))
+
+  def run_eval():
+    ds = pipeline.eval_dataset(
+        eval_src, frames=e.frames, resolution=e.resolution, batch_size=e.batch_size,
+        num_clips=e.num_clips, num_crops=e.num_crops, patch_size=model.patch_size,
+        tubelet_size=model.tubelet_size, process_index=jax.process_index(),
+        process_count=jax.process_count())
+    return evaluate(functools.partial(eval_step, state.params), global_batches(ds, batch_sh))
+
+  # ----------------------------------------------------------------------- Loop --
+  writer = MetricWriter(workdir)
+  logging.info('training steps %d..%d (%d per epoch, warmup %d)', start, total, per_epoch,
+               warmup)
+  stats: dict[str, int] = {}
+  result: dict[str, Any] = {}
+  t0, seen_tokens, host = time.perf_counter(), 0, first
+  for step in range(start, total):
+    if host is None:
+      host = next(train_iter)
+    for k, v in split_stats(host)[1].items():
+      stats[k] = stats.get(k, 0) + v
+    seen_tokens += int(host['valid'].sum())
+    tokens = next(global_batches([host], batch_sh))
+    host = None
+    with counter:
+      state, metrics = compiled(state, tokens, rng)
+    done = step + 1
+    if done % config.train.log_every == 0 or done == total:
+      metrics = {k: float(to_host(v)) for k, v in metrics.items()}
+      dt = time.perf_counter() - t0
+      rate = (done - start) / dt
+      metrics.update(steps_per_s=rate, tokens_per_s=seen_tokens / dt,
+                     replaced_videos=stats.get('replaced', 0), compiles=counter.count,
+                     skipped_updates=optim.skipped_updates(state.opt_state))
+      writer.write(done, metrics)
+      logging.info('step %d/%d loss %.4f  %.2f steps/s  ETA %.0fs', done, total,
+                   metrics['loss'], rate, (total - done) / max(rate, 1e-9))
+    if e.every_steps and (done % e.every_steps == 0 or done == total):
+      result = run_eval()
+      writer.write(done, {f'eval_{k}': v for k, v in result.items()})
+      logging.info('step %d eval %s', done, result)
+    ckpt.save(done, state, train_iter, force=done == total)
+  ckpt.wait()
+  ckpt.close()
+  if not result:
+    result = run_eval()
+  return {'step': int(state.step), **result}
