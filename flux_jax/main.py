@@ -16,18 +16,27 @@ from flux_jax.train.loop import train_and_evaluate
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints and metrics; resumes from it.')
+_STOP_AT = flags.DEFINE_integer('stop_at', None, 'Stop after this step (resume later).')
 _MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() '
                                '(launch/tpu_pod.sh and launch/slurm_gpu.sbatch set it).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+class _QuietOrbax(logging.logging.Filter):
+  """Orbax logs every save step at INFO; keep its warnings only."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or '/orbax/' not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietOrbax())
   sharding.initialize_distributed(_MULTIHOST.value)
   logging.info('JAX process %d/%d, %d local devices', jax.process_index(),
                jax.process_count(), jax.local_device_count())
-  result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  result = train_and_evaluate(_CONFIG.value, _WORKDIR.value, _STOP_AT.value)
   logging.info('final: %s', result)
 
 

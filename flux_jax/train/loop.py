@@ -95,13 +95,24 @@ def abstract_state(model: FluxViT, tx, mesh, rules):
   return nn.unbox(boxed), shardings, init
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains and evaluates; returns the last evaluation metrics."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       stop_at: int | None = None) -> dict[str, Any]:
+  """Trains and evaluates; returns the last evaluation metrics.
+
+  `stop_at` ends this run early (a time-boxed job); the next run resumes from the
+  checkpoint exactly as if it had not stopped.
+  """
   os.makedirs(workdir, exist_ok=True)
   # ----------------------------------------------------------------- Mesh, model --
   mesh = sharding.make_mesh(dict(config.mesh))
   rules = sharding.DEFAULT_RULES
   model = make_model(config.model)
+  rows = mesh.shape['data'] * mesh.shape['fsdp']
+  for key in ('train.global_batch_size', 'eval.batch_size'):
+    size = config[key.split('.')[0]][key.split('.')[1]]
+    if size % rows:
+      raise ValueError(f'{key}={size} must divide by the batch axes of the mesh '
+                       f'(data x fsdp = {rows})')
   logging.info('mesh %s, model %s', dict(mesh.shape), model.__class__.__name__)
 
   # ----------------------------------------------------------------------- Data --
@@ -173,7 +184,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   stats: dict[str, int] = {}
   result: dict[str, Any] = {}
   t0, seen_tokens, host = time.perf_counter(), 0, first
-  for step in range(start, total):
+  end = total if stop_at is None else min(stop_at, total)
+  for step in range(start, end):
     if host is None:
       host = next(train_iter)
     for k, v in split_stats(host)[1].items():
@@ -198,7 +210,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       result = run_eval()
       writer.write(done, {f'eval_{k}': v for k, v in result.items()})
       logging.info('step %d eval %s', done, result)
-    ckpt.save(done, state, train_iter, force=done == total)
+    ckpt.save(done, state, train_iter, force=done in (total, end))
   ckpt.wait()
   ckpt.close()
   if not result:
