@@ -36,7 +36,7 @@ def main(argv):
   sharding.initialize_distributed(_MULTIHOST.value)
   logging.info('JAX process %d/%d, %d local devices', jax.process_index(),
                jax.process_count(), jax.local_device_count())
-  result = train_and_evaluate(_CONFIG.value, _WORKDIR.value, _STOP_AT.value)
+  _, result = train_and_evaluate(_CONFIG.value, _WORKDIR.value, _STOP_AT.value)
   logging.info('final: %s', result)
 
 

@@ -96,8 +96,8 @@ def abstract_state(model: FluxViT, tx, mesh, rules):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       stop_at: int | None = None) -> dict[str, Any]:
-  """Trains and evaluates; returns the last evaluation metrics.
+                       stop_at: int | None = None) -> tuple[TrainState, dict[str, Any]]:
+  """Trains and evaluates; returns the final state and the last evaluation metrics.
 
   `stop_at` ends this run early (a time-boxed job); the next run resumes from the
   checkpoint exactly as if it had not stopped.
@@ -215,4 +215,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ckpt.close()
   if not result:
     result = run_eval()
-  return {'step': int(state.step), **result}
+  return state, {'step': int(state.step), **result}
