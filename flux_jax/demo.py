@@ -44,6 +44,7 @@ def save_plot(rows, path: str, chance: float) -> None:
   ax.set_xticks(tokens, [str(t) for t in tokens])
   ax.set_xlabel('tokens kept (budget)')
   ax.set_ylabel('top-1 (%)')
+  ax.set_ylim(0, 100)
   ax.set_title('synthetic_motion validation, 8 x 112^2 input')
   ax.legend()
   fig.tight_layout()
