@@ -75,7 +75,7 @@ def main(argv):
                             frames=8, resolution=112, batch_size=config.eval.batch_size,
                             sharding=sharding.batch_sharding(mesh))
   chance = 1 / NUM_CLASSES
-  lines = [f'| budget | tokens kept / raw | head | top-1 | top-5 | videos |',
+  lines = ['| budget | tokens kept / raw | head | top-1 | top-5 | videos |',
            '|---|---|---|---|---|---|']
   for r in rows:
     lines.append(f"| {r['budget']} | {r['tokens']} / {r['raw_tokens']} | {r['head']} | "

@@ -1,7 +1,5 @@
 """Training steps: one compile across plans, learning, exact resume, sharded == 1 device."""
 
-import functools
-
 import jax
 import numpy as np
 import optax

@@ -24,10 +24,10 @@ import numpy as np
 from flux_jax.data import decode
 from flux_jax.data import transforms
 from flux_jax.tokens.plan import PlanSampler
-from flux_jax.tokens.token_batch import patchify
+from flux_jax.tokens.token_batch import TokenBatch, patchify
 
-# Keys of a host batch; the TokenBatch fields plus bookkeeping.
-TOKEN_FIELDS = ('patches', 'coords', 'grid', 'valid', 'label', 'video_index', 'view')
+# Keys of a host batch: the TokenBatch fields plus pipeline counters.
+TOKEN_FIELDS = tuple(f.name for f in dataclasses.fields(TokenBatch))
 STAT_FIELDS = ('replaced',)
 MAX_REPLACEMENTS = 16
 
@@ -44,6 +44,32 @@ class _WithSourceIndex:
 def _source_id(record, index: int) -> str:
   vid = record.get('id', index) if isinstance(record, dict) else index
   return vid.decode() if isinstance(vid, bytes) else str(vid)
+
+
+def _read_frames(record, index: int, frame_indices) -> np.ndarray:
+  """Decodes the frames `frame_indices(num_frames)` picks; DecodeError if unreadable."""
+  source = _source_id(record, index)
+  length = int(record['num_frames'])
+  if length < 1:
+    raise decode.DecodeError(f'{source}: empty video')
+  return decode.decode_frames(record['video'], frame_indices(length), source)
+
+
+def _element(clips: Sequence[np.ndarray], *, patch_size: int, tubelet_size: int,
+             n_max: int, label: int, video_index: int, views: np.ndarray,
+             replaced: int) -> dict[str, np.ndarray]:
+  """One pipeline element: the clips of one video as stacked, padded token rows."""
+  tokens = [patchify(c, patch_size=patch_size, tubelet_size=tubelet_size, n_max=n_max)
+            for c in clips]
+  s = len(clips)
+  out = {k: np.concatenate([getattr(t, k) for t in tokens])  # [S, ...]
+         for k in ('patches', 'coords', 'grid', 'valid')}
+  out.update(label=np.full((s,), label, np.int32),
+             video_index=np.full((s,), video_index, np.int32),
+             view=np.asarray(views, np.int32),
+             replaced=np.zeros((s,), np.int32))
+  out['replaced'][0] = replaced  # counted once per video
+  return out
 
 
 def concat_batch(elements: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -74,34 +100,23 @@ class TrainClip:
     plan = self.sampler(position // self.videos_per_batch)
     rng = np.random.default_rng([self.seed, self.process_index, position])
     frames, index, record, replaced = self._decode(index, record, plan.frames, rng)
-    p, kt = self.sampler.patch_size, self.sampler.tubelet_size
-    out = []
+    clips = []
     for _ in range(self.num_sample):
       clip = transforms.random_resized_crop(frames, plan.resolution, rng, self.scale,
                                             self.ratio)
       if self.flip and rng.random() < 0.5:
         clip = transforms.horizontal_flip(clip)
-      out.append(patchify(clip, patch_size=p, tubelet_size=kt, n_max=self.n_max))
-    s = self.num_sample
-    return {
-        'patches': np.concatenate([t.patches for t in out]),  # [S, N_max, P]
-        'coords': np.concatenate([t.coords for t in out]),
-        'grid': np.concatenate([t.grid for t in out]),
-        'valid': np.concatenate([t.valid for t in out]),
-        'label': np.full((s,), int(record['label']), np.int32),
-        'video_index': np.full((s,), index, np.int32),
-        'view': np.arange(s, dtype=np.int32),
-        'replaced': np.full((s,), replaced, np.int32) * (np.arange(s) == 0),
-    }
+      clips.append(clip)
+    return _element(clips, patch_size=self.sampler.patch_size,
+                    tubelet_size=self.sampler.tubelet_size, n_max=self.n_max,
+                    label=int(record['label']), video_index=index,
+                    views=np.arange(self.num_sample), replaced=replaced)
 
   def _decode(self, index, record, t, rng):
     for attempt in range(MAX_REPLACEMENTS + 1):
       try:
-        length = int(record['num_frames'])
-        if length < 1:
-          raise decode.DecodeError(f'{_source_id(record, index)}: empty video')
-        indices = decode.train_frame_indices(length, t, rng)
-        frames = decode.decode_frames(record['video'], indices, _source_id(record, index))
+        frames = _read_frames(record, index,
+                              lambda length: decode.train_frame_indices(length, t, rng))
         return frames, index, record, attempt
       except decode.DecodeError as e:
         logging.warning('skipping video: %s', e)
@@ -161,40 +176,22 @@ class EvalClip:
   def __call__(self, position: int) -> dict[str, np.ndarray]:
     index, clip = divmod(position, self.num_clips)
     record = self.source[index]
-    views = np.arange(self.num_crops, dtype=np.int32) + clip * self.num_crops
-    p = self.resolution // self.patch_size
+    video_index, replaced = index, 0
     try:
-      length = int(record['num_frames'])
-      if length < 1:
-        raise decode.DecodeError(f'{_source_id(record, index)}: empty video')
-      indices = decode.eval_frame_indices(length, self.frames, clip, self.num_clips)
-      frames = decode.decode_frames(record['video'], indices, _source_id(record, index))
+      frames = _read_frames(record, index, lambda length: decode.eval_frame_indices(
+          length, self.frames, clip, self.num_clips))
+      crops = transforms.spatial_crops(frames, self.resolution, self.num_crops)
     except decode.DecodeError as e:
       logging.warning('evaluation: unreadable video: %s', e)
-      pdim = self.tubelet_size * self.patch_size ** 2 * 3
-      c = self.num_crops
-      return {'patches': np.zeros((c, self.n_max, pdim), np.uint8),
-              'coords': np.zeros((c, self.n_max, 3), np.int32),
-              'grid': np.tile(np.array([[self.frames // self.tubelet_size, p, p]], np.int32),
-                              (c, 1)),
-              'valid': np.zeros((c, self.n_max), bool),
-              'label': np.full((c,), int(record['label']), np.int32),
-              'video_index': np.full((c,), -1, np.int32), 'view': views,
-              'replaced': np.ones((c,), np.int32) * (np.arange(c) == 0)}
-    crops = transforms.spatial_crops(frames, self.resolution, self.num_crops)
-    tokens = [patchify(c, patch_size=self.patch_size, tubelet_size=self.tubelet_size,
-                       n_max=self.n_max) for c in crops]
-    c = self.num_crops
-    return {
-        'patches': np.concatenate([t.patches for t in tokens]),
-        'coords': np.concatenate([t.coords for t in tokens]),
-        'grid': np.concatenate([t.grid for t in tokens]),
-        'valid': np.concatenate([t.valid for t in tokens]),
-        'label': np.full((c,), int(record['label']), np.int32),
-        'video_index': np.full((c,), index, np.int32),
-        'view': views,
-        'replaced': np.zeros((c,), np.int32),
-    }
+      blank = np.zeros((self.frames, self.resolution, self.resolution, 3), np.uint8)
+      crops, video_index, replaced = [blank] * self.num_crops, -1, 1
+    out = _element(crops, patch_size=self.patch_size, tubelet_size=self.tubelet_size,
+                   n_max=self.n_max, label=int(record['label']), video_index=video_index,
+                   views=np.arange(self.num_crops) + clip * self.num_crops,
+                   replaced=replaced)
+    if video_index < 0:
+      out['valid'][:] = False
+    return out
 
 
 def pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:

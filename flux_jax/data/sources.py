@@ -20,7 +20,6 @@ def open_dataset(config: Mapping[str, Any]):
     from flux_jax.data.builders import synthetic_motion  # pylint: disable=g-import-not-at-top
     builder = synthetic_motion.build(config['config'], data_dir)
   elif name == 'video_csv':
-    from flux_jax.data.builders import video_csv  # pylint: disable=g-import-not-at-top,unused-import
     path = os.path.join(data_dir, 'video_csv', config['config'])
     versions = sorted(os.listdir(path)) if os.path.isdir(path) else []
     if not versions:

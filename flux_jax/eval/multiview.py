@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterable
 
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from flux_jax.data import pipeline
+from flux_jax.data.to_device import global_batches
+from flux_jax.model.fluxvit import FluxViT
 from flux_jax.tokens.token_batch import TokenBatch
 
 
@@ -53,3 +57,15 @@ def evaluate(step: Callable[[TokenBatch], dict], batches: Iterable[TokenBatch]) 
     agg.add(to_host(out['probs']), to_host(tokens.label), to_host(tokens.video_index),
             to_host(tokens.view))
   return agg.result()
+
+
+def evaluate_dataset(step: Callable, params, source, *, model: FluxViT, frames: int,
+                     resolution: int, batch_size: int, sharding: jax.sharding.Sharding,
+                     num_clips: int = 1, num_crops: int = 1) -> dict:
+  """Multi-view accuracy of `step(params, tokens)` on every video of `source`."""
+  ds = pipeline.eval_dataset(source, frames=frames, resolution=resolution,
+                             batch_size=batch_size, num_clips=num_clips, num_crops=num_crops,
+                             patch_size=model.patch_size, tubelet_size=model.tubelet_size,
+                             process_index=jax.process_index(),
+                             process_count=jax.process_count())
+  return evaluate(functools.partial(step, params), global_batches(ds, sharding))

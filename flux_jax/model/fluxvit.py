@@ -118,8 +118,6 @@ class FluxViT(nn.Module):
       output `[B, clip_embed_dim]`), 'projected' (when align_proj is given),
       'kept_index' `[B, K]` (positions in the TokenBatch) and 'kept_valid' `[B, K]`.
     """
-    if self.selector not in SELECTORS:
-      raise ValueError(f'selector {self.selector!r} is not one of {SELECTORS}')
     if not 0 <= head < len(self.head_budgets):
       raise ValueError(f'head {head} out of range for {len(self.head_budgets)} heads')
     if tokens.patches.shape[-1] != self.patch_dim:

@@ -6,7 +6,6 @@ resumable from the workdir, with periodic multi-view evaluation.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
@@ -17,14 +16,13 @@ import flax.linen as nn
 import grain
 import jax
 import ml_collections
-import numpy as np
 
 from flux_jax import checkpoint
 from flux_jax import sharding
 from flux_jax.data import pipeline
 from flux_jax.data.sources import open_dataset
-from flux_jax.data.to_device import global_batches, split_stats
-from flux_jax.eval.multiview import evaluate, to_host
+from flux_jax.data.to_device import batch_stats, to_global
+from flux_jax.eval.multiview import evaluate_dataset, to_host
 from flux_jax.model.fluxvit import FluxViT, dummy_tokens, make_model
 from flux_jax.tokens.plan import PlanSampler
 from flux_jax.train import optim
@@ -145,8 +143,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         train_iter)
     logging.info('resumed from step %d', int(state.step))
   else:
-    state = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=state_sh)(
-        jax.random.key(config.seed))
+    state = sharding.shard_init(lambda r: nn.unbox(init(r)), state_sh,
+                                jax.random.key(config.seed))
     if config.init:
       state = state.replace(params=checkpoint.init_from(config.init, state.params))
   start = int(state.step)
@@ -157,7 +155,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   jitted = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, None),
                    out_shardings=(state_sh, None), donate_argnums=0)
   first = next(train_iter)
-  tokens = next(global_batches([first], batch_sh))
+  tokens = to_global(first, batch_sh)
   counter = CompileCounter()
   with counter:
     compiled = jitted.lower(state, tokens, rng).compile()
@@ -170,12 +168,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   eval_step = jax.jit(steps_lib.make_eval_step(model, budget=e.budget, head=e.head))
 
   def run_eval():
-    ds = pipeline.eval_dataset(
-        eval_src, frames=e.frames, resolution=e.resolution, batch_size=e.batch_size,
-        num_clips=e.num_clips, num_crops=e.num_crops, patch_size=model.patch_size,
-        tubelet_size=model.tubelet_size, process_index=jax.process_index(),
-        process_count=jax.process_count())
-    return evaluate(functools.partial(eval_step, state.params), global_batches(ds, batch_sh))
+    return evaluate_dataset(eval_step, state.params, eval_src, model=model, frames=e.frames,
+                            resolution=e.resolution, batch_size=e.batch_size,
+                            sharding=batch_sh, num_clips=e.num_clips,
+                            num_crops=e.num_crops)
 
   # ----------------------------------------------------------------------- Loop --
   writer = MetricWriter(workdir)
@@ -188,10 +184,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   for step in range(start, end):
     if host is None:
       host = next(train_iter)
-    for k, v in split_stats(host)[1].items():
+    for k, v in batch_stats(host).items():
       stats[k] = stats.get(k, 0) + v
     seen_tokens += int(host['valid'].sum())
-    tokens = next(global_batches([host], batch_sh))
+    tokens = to_global(host, batch_sh)
     host = None
     with counter:
       state, metrics = compiled(state, tokens, rng)

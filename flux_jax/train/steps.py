@@ -22,11 +22,6 @@ from flux_jax.train.state import TrainState
 StepFn = Callable[[TrainState, TokenBatch, jax.Array], tuple[TrainState, dict]]
 
 
-def _static_budget(budget: int, n_max: int) -> int | None:
-  """K, or None when every token fits (the official r = 0: no selection)."""
-  return None if budget >= n_max else budget
-
-
 def _targets(rng, tokens: TokenBatch, num_classes: int, mix: Mapping[str, Any] | None,
              smoothing: float):
   """Normalized (possibly mixed) patches and soft targets."""
@@ -50,6 +45,7 @@ def make_flux_multi_step(model: FluxViT, tx: optax.GradientTransformation, *,
                          smoothing: float = 0.0) -> StepFn:
   """Flux-Multi (SPEC C.3): one forward per budget, largest first, head i for budget i;
   cross-entropy on each plus smooth-L1 alignment of heads 1.. to head 0's feature.
+  A budget of at least N_max keeps every token (the official r = 0), as in the model.
   """
   budgets = tuple(int(b) for b in budgets)
   if list(budgets) != sorted(budgets, reverse=True):
@@ -62,13 +58,12 @@ def make_flux_multi_step(model: FluxViT, tx: optax.GradientTransformation, *,
     rng = jax.random.fold_in(rng, state.step)
     mix_rng, drop_rng = jax.random.split(rng)
     inputs, targets = _targets(mix_rng, tokens, model.num_classes, mix, smoothing)
-    n_max = tokens.patches.shape[1]
 
     def loss_fn(params):
       logits, projected, pooled0 = [], [], None
       for i, budget in enumerate(budgets):
         out, aux = model.apply(
-            {'params': params}, inputs, budget=_static_budget(budget, n_max), head=i,
+            {'params': params}, inputs, budget=budget, head=i,
             align_proj=None if i == 0 else i - 1, train=True,
             rngs={'dropout': jax.random.fold_in(drop_rng, i)})
         logits.append(out)
@@ -94,10 +89,9 @@ def make_flux_single_step(model: FluxViT, tx: optax.GradientTransformation, *, b
     rng = jax.random.fold_in(rng, state.step)
     mix_rng, drop_rng = jax.random.split(rng)
     inputs, targets = _targets(mix_rng, tokens, model.num_classes, mix, smoothing)
-    k = _static_budget(budget, tokens.patches.shape[1])
 
     def loss_fn(params):
-      logits, _ = model.apply({'params': params}, inputs, budget=k, head=head, train=True,
+      logits, _ = model.apply({'params': params}, inputs, budget=budget, head=head, train=True,
                               rngs={'dropout': drop_rng})
       return losses.soft_cross_entropy(logits, targets)
 
@@ -112,13 +106,9 @@ def make_eval_step(model: FluxViT, *, budget: int | None, head: int | None = Non
   """Softmax probabilities per view, for multi-view aggregation (SPEC C.7)."""
 
   def step(params, tokens: TokenBatch):
-    n_max = tokens.patches.shape[1]
-    k = None if budget is None else _static_budget(budget, n_max)
-    h = model.nearest_head(k, n_max) if head is None else head
-    logits, _ = model.apply({'params': params}, tokens, budget=k, head=h)
+    h = model.nearest_head(budget, tokens.patches.shape[1]) if head is None else head
+    logits, _ = model.apply({'params': params}, tokens, budget=budget, head=h)
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    real = tokens.video_index >= 0
-    correct = (jnp.argmax(probs, -1) == tokens.label) & real
-    return {'probs': probs, 'correct': correct, 'count': real}
+    return {'probs': probs, 'count': tokens.video_index >= 0}
 
   return step

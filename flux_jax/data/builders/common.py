@@ -55,6 +55,12 @@ def video_features(label_names: Sequence[str] | None) -> tfds.features.FeaturesD
   })
 
 
+def record(video: bytes, label: int, video_id: str, info) -> dict:
+  """The example of `video_features`; `info` is the `decode.probe` of `video`."""
+  return {'video': video, 'label': label, 'id': video_id, 'num_frames': info.num_frames,
+          'height': info.height, 'width': info.width}
+
+
 def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
   """Generates array_record files from local data only: no download, no GCS lookup."""
   builder.download_and_prepare(

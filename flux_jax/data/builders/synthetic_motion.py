@@ -92,8 +92,7 @@ def _example(job: tuple[str, int, int, int, int]) -> tuple[str, dict]:
                                       label=index % synthetic.NUM_CLASSES)
   video = decode.encode_mp4(frames, fps=fps, crf=crf)
   info = decode.probe(video, key)  # the frame count the decoder will see
-  return key, {'video': video, 'label': label, 'id': key, 'num_frames': info.num_frames,
-               'height': info.height, 'width': info.width}
+  return key, common.record(video, label, key, info)
 
 
 def build(name_or_config: str | SyntheticMotionConfig, data_dir: str,

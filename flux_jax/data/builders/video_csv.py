@@ -167,20 +167,23 @@ class VideoCsv(common.LocalBuilder):
     self._skipped = []  # manifest rows, filled while the splits are generated
     super().__init__(**kwargs)
 
+  @functools.cached_property
   def _entries(self) -> dict[str, list[Entry]]:
+    """The listed videos of every split; the list files are read once per builder."""
     config = self.builder_config
     if not config.splits:
       raise ValueError(f'video_csv config {config.name!r}: no splits given')
     return {split: read_split(source, config.root, config.extensions)
             for split, source in config.splits.items()}
 
-  def _label_map(self, entries: Mapping[str, list[Entry]]) -> LabelMap:
-    return LabelMap.from_labels(e.label for split in entries.values() for e in split)
+  @functools.cached_property
+  def _labels(self) -> LabelMap:
+    return LabelMap.from_labels(e.label for split in self._entries.values() for e in split)
 
   def _info(self) -> tfds.core.DatasetInfo:
     # A prepared dataset restores its names from disk: the sources may be gone.
     prepared = (self.data_path / 'dataset_info.json').exists()
-    names = None if prepared else self._label_map(self._entries()).names
+    names = None if prepared else self._labels.names
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__,
@@ -190,10 +193,8 @@ class VideoCsv(common.LocalBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # local files only
-    entries = self._entries()
-    labels = self._label_map(entries)
-    return {split: self._generate_examples(split, split_entries, labels)
-            for split, split_entries in entries.items()}
+    return {split: self._generate_examples(split, split_entries, self._labels)
+            for split, split_entries in self._entries.items()}
 
   def _generate_examples(self, split: str, entries: list[Entry], labels: LabelMap):
     config = self.builder_config
@@ -216,7 +217,7 @@ class VideoCsv(common.LocalBuilder):
   def _download_and_prepare(self, dl_manager, download_config) -> None:
     super()._download_and_prepare(dl_manager, download_config)
     config = self.builder_config
-    labels = self._label_map(self._entries())
+    labels = self._labels
     (self.data_path / LABEL_MAP).write_text(json.dumps(
         {'names': list(labels.names), 'from_ints': labels.from_ints}, indent=1))
     (self.data_path / MANIFEST).write_text(json.dumps({
@@ -246,9 +247,7 @@ def _load(job: tuple[int, Entry, int, int | None]) -> tuple[int, dict | None, st
     info = decode.probe(data, entry.file)
   except decode.DecodeError as e:
     return index, None, f'undecodable: {e}'
-  return index, {'video': data, 'label': label, 'id': entry.id,
-                 'num_frames': info.num_frames, 'height': info.height,
-                 'width': info.width}, ''
+  return index, common.record(data, label, entry.id, info), ''
 
 
 def build(config: VideoCsvConfig, data_dir: str,
