@@ -9,6 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import debug
+from flux_jax import checkpoint
 from flux_jax.train.loop import train_and_evaluate
 
 
@@ -52,6 +53,7 @@ def test_resumed_run_continues_exactly(data_dir, tmp_path):
   assert result['step'] == 6 and result['videos'] == 12
   train_and_evaluate(_config(data_dir), resumed, stop_at=3)
   assert sorted(_losses(resumed)) == [1, 2, 3]
+  assert not os.path.exists(os.path.join(resumed, 'params'))  # only a finished run exports
   train_and_evaluate(_config(data_dir), resumed)
   a, b = _losses(straight), _losses(resumed)
   assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
@@ -60,4 +62,12 @@ def test_resumed_run_continues_exactly(data_dir, tmp_path):
   pa, pb = _params(straight, 6), _params(resumed, 6)
   assert jax.tree.structure(pa) == jax.tree.structure(pb)
   for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+    np.testing.assert_array_equal(x, y)
+  # The finished run exports its params with what deployment needs.
+  model, exported = checkpoint.load_params(os.path.join(resumed, 'params'))
+  meta = checkpoint.read_config(os.path.join(resumed, 'params'))['metadata']
+  assert meta['step'] == 6 and meta['class_names'][0] == 'move_left'
+  assert meta['eval']['frames'] == _config(data_dir).eval.frames
+  assert meta['config']['train']['mode'] == 'single' and model.num_classes == 6
+  for x, y in zip(jax.tree.leaves(pb), jax.tree.leaves(exported)):
     np.testing.assert_array_equal(x, y)

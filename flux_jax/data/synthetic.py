@@ -1,9 +1,8 @@
 """synthetic_motion: the embedded default dataset, generated from a seed in pure numpy.
 
-A clip shows one small filled disc (the informative object, 10-20 px across on a
-112-192 px frame) over a textured background that pans slowly, with one or two filled
-squares (distractors) and a global brightness flicker. The class is the disc's motion
-with its direction in time:
+A clip shows one filled disc (the informative object) over a textured background that
+pans slowly, with one or two filled squares (distractors) and a global brightness
+flicker. The class is the disc's motion with its direction in time:
 
   0 move_left   1 move_right   2 move_up   3 move_down   4 grow   5 shrink
 
@@ -20,8 +19,16 @@ Design constraints that the research relies on:
     distribution for every class, and the squares move along random straight paths with
     Brownian-bridge jitter and change size at random. Only shape tells the disc from the
     squares; the disc is drawn last, on top.
-  * Small objects, varied frame sizes (both sides even, aspect 0.58 to 1.71) and lengths
-    (32-64 frames), so that resolution, frame count and token selection matter.
+  * Varied frame sizes (both sides even, aspect 0.58 to 1.71) and lengths (32-64
+    frames), so that resolution, frame count and token selection matter.
+
+Two difficulties (`DIFFICULTIES`), the same in everything above:
+  * 'easy' (the default): a disc 24-44 px across that travels 40-70% of the frame; the
+    squares stand still, so the disc is the only moving object. A small ViT learns it
+    from scratch in minutes on a CPU (the demo).
+  * 'hard': a disc 10-20 px across (below one 14 px patch after Flux's downscaling)
+    travelling 30-55%, and squares that wander and resize at random, so only the disc's
+    shape tells it from them. Version 1.0.0 of the dataset, draw for draw.
 """
 
 from __future__ import annotations
@@ -40,13 +47,27 @@ REVERSED_LABEL = (1, 0, 3, 2, 5, 4)  # the label of a clip played backwards
 
 FRAMES = (32, 64)  # inclusive range of T
 SIDE = (112, 192)  # inclusive range of H and of W, both even
-MOVE_RADIUS = (5.0, 10.0)  # disc radius of the moving classes: 10-20 px across
-SCALE_RADIUS = ((4.0, 5.5), (8.5, 11.0))  # grow/shrink: small end, large end
-TRAVEL = (0.3, 0.55)  # disc travel of the moving classes, fraction of the frame side
 MAX_PAN = 0.4  # background pan speed, px per frame (the disc moves >= 0.5)
 FLICKER = 0.06  # per-frame brightness gain in 1 +- FLICKER
 MIN_CONTRAST = 50.0  # |luma(object) - luma(background mean)|, 0-255 scale
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Difficulty:
+  """What makes the disc's motion hard to see."""
+  move_radius: tuple[float, float]  # disc radius of the moving classes
+  scale_radius: tuple[tuple[float, float], tuple[float, float]]  # grow/shrink: small, large
+  travel: tuple[float, float]  # disc travel of the moving classes, fraction of the side
+  squares_move: bool  # distractors wander and resize (else they stand still)
+
+
+DIFFICULTIES = {
+    'easy': Difficulty(move_radius=(12.0, 22.0), scale_radius=((6.0, 9.0), (18.0, 24.0)),
+                       travel=(0.4, 0.7), squares_move=False),
+    'hard': Difficulty(move_radius=(5.0, 10.0), scale_radius=((4.0, 5.5), (8.5, 11.0)),
+                       travel=(0.3, 0.55), squares_move=True),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,24 +92,29 @@ class Scene:
     return len(self.offsets)
 
 
-def make_clip(seed: int, label: int | None = None) -> tuple[np.ndarray, int]:
-  """One clip, fully determined by (seed, label).
+def make_clip(seed: int, label: int | None = None, difficulty: str = 'easy'
+              ) -> tuple[np.ndarray, int]:
+  """One clip, fully determined by (seed, label, difficulty).
 
   Args:
     seed: any non-negative int.
     label: the class, or None to draw it from the seed. make_clip(s) equals
       make_clip(s, make_clip(s)[1]): the label is always drawn first, then replaced.
+    difficulty: a key of DIFFICULTIES.
 
   Returns:
     frames: uint8 `[T, H, W, 3]`, T in [32, 64], H and W even in [112, 192].
     label: int in [0, NUM_CLASSES).
   """
-  scene = make_scene(seed, label)
+  scene = make_scene(seed, label, difficulty)
   return render(scene), scene.label
 
 
-def make_scene(seed: int, label: int | None = None) -> Scene:
-  """The random draws of `make_clip(seed, label)`."""
+def make_scene(seed: int, label: int | None = None, difficulty: str = 'easy') -> Scene:
+  """The random draws of `make_clip(seed, label, difficulty)`."""
+  if difficulty not in DIFFICULTIES:
+    raise ValueError(f'difficulty {difficulty!r} is not one of {sorted(DIFFICULTIES)}')
+  level = DIFFICULTIES[difficulty]
   rng = np.random.default_rng(seed)
   drawn = int(rng.integers(NUM_CLASSES))
   label = drawn if label is None else int(label)
@@ -97,9 +123,9 @@ def make_scene(seed: int, label: int | None = None) -> Scene:
   t = int(rng.integers(FRAMES[0], FRAMES[1] + 1))
   h, w = (2 * int(rng.integers(SIDE[0] // 2, SIDE[1] // 2 + 1)) for _ in range(2))
   canvas, offsets, bg_luma = _panning_background(rng, t, h, w)
-  squares = tuple((*_distractor_path(rng, t, h, w), _object_color(rng, bg_luma))
-                  for _ in range(int(rng.integers(1, 3))))
-  center, radius = _disc_path(rng, label, t, h, w)
+  squares = tuple((*_distractor_path(rng, t, h, w, level.squares_move),
+                   _object_color(rng, bg_luma)) for _ in range(int(rng.integers(1, 3))))
+  center, radius = _disc_path(rng, label, t, h, w, level)
   return Scene(
       label=label, canvas=canvas, offsets=offsets, size=(h, w), squares=squares,
       disc_center=center, disc_radius=radius, disc_color=_object_color(rng, bg_luma),
@@ -121,8 +147,8 @@ def render(scene: Scene) -> np.ndarray:
   return frames.astype(np.uint8)
 
 
-def _disc_path(rng: np.random.Generator, label: int, t: int, h: int, w: int
-              ) -> tuple[np.ndarray, np.ndarray]:
+def _disc_path(rng: np.random.Generator, label: int, t: int, h: int, w: int,
+               level: Difficulty) -> tuple[np.ndarray, np.ndarray]:
   """The informative disc's centre (y, x) float `[T, 2]` and radius float `[T]`.
 
   Each class pair shares one draw of endpoints; the negative member (left, up, shrink)
@@ -130,11 +156,11 @@ def _disc_path(rng: np.random.Generator, label: int, t: int, h: int, w: int
   """
   backwards = label in (0, 2, 5)
   if label < 4:
-    r = rng.uniform(*MOVE_RADIUS)
+    r = rng.uniform(*level.move_radius)
     radius = np.full(t, r)
     axis = 0 if label >= 2 else 1  # vertical classes move along y
     side, other = (h, w) if axis == 0 else (w, h)
-    travel = rng.uniform(*TRAVEL) * side
+    travel = min(rng.uniform(*level.travel) * side, side - 2 * r - 5)  # stays in frame
     start = rng.uniform(r + 2, side - r - 2 - travel)
     along = np.linspace(start, start + travel, t)
     drift = rng.uniform(-0.1, 0.1) * travel  # small perpendicular drift, symmetric
@@ -142,7 +168,7 @@ def _disc_path(rng: np.random.Generator, label: int, t: int, h: int, w: int
     across = np.linspace(across0 - drift / 2, across0 + drift / 2, t)
     center = np.stack([along, across] if axis == 0 else [across, along], axis=-1)
   else:
-    small, large = rng.uniform(*SCALE_RADIUS[0]), rng.uniform(*SCALE_RADIUS[1])
+    small, large = rng.uniform(*level.scale_radius[0]), rng.uniform(*level.scale_radius[1])
     radius = np.linspace(small, large, t)
     shift = rng.uniform(-0.1, 0.1, size=2) * min(h, w)  # small drift, any direction
     margin = large + 2 + np.abs(shift) / 2
@@ -154,20 +180,24 @@ def _disc_path(rng: np.random.Generator, label: int, t: int, h: int, w: int
   return center, radius
 
 
-def _distractor_path(rng: np.random.Generator, t: int, h: int, w: int
+def _distractor_path(rng: np.random.Generator, t: int, h: int, w: int, moves: bool
                      ) -> tuple[np.ndarray, np.ndarray]:
   """A square's centre (y, x) float `[T, 2]` and half side float `[T]`.
 
   A straight path between two uniform points plus a Brownian bridge (pinned at both
   ends), and a half side between two uniform sizes: all symmetric under time reversal.
+  A square that does not move stays at the path's first point with its first size
+  (the same draws, so the rest of the scene is the same).
   """
   half = np.linspace(*rng.uniform(4.0, 9.0, size=2), t)
   size = np.array([h, w], np.float64)
   ends = rng.uniform(12.0, size - 12.0, size=(2, 2))  # [2, (y, x)]
   steps = np.cumsum(rng.normal(0.0, 0.8, size=(t, 2)), axis=0)  # random walk [T, 2]
   bridge = steps - steps[0] - np.linspace(0.0, 1.0, t)[:, None] * (steps[-1] - steps[0])
-  center = np.linspace(ends[0], ends[1], t) + bridge
-  return np.clip(center, 0.0, size - 1.0), half
+  center = np.clip(np.linspace(ends[0], ends[1], t) + bridge, 0.0, size - 1.0)
+  if not moves:
+    center, half = np.repeat(center[:1], t, axis=0), np.full(t, half[0])
+  return center, half
 
 
 def _panning_background(rng: np.random.Generator, t: int, h: int, w: int

@@ -23,12 +23,15 @@ from flux_jax.data import pipeline
 from flux_jax.data.sources import open_dataset
 from flux_jax.data.to_device import batch_stats, to_global
 from flux_jax.eval.multiview import evaluate_dataset, to_host
-from flux_jax.model.fluxvit import FluxViT, dummy_tokens, make_model
+from flux_jax.model.fluxvit import FluxViT, dummy_tokens, make_model, model_config
 from flux_jax.tokens.plan import PlanSampler
 from flux_jax.train import optim
 from flux_jax.train import steps as steps_lib
 from flux_jax.train.state import TrainState
 from flux_jax.xla import CompileCounter
+
+
+PARAMS_DIR = 'params'  # WORKDIR/params: the finished run's params (checkpoint.load_params)
 
 
 class MetricWriter:
@@ -211,4 +214,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ckpt.close()
   if not result:
     result = run_eval()
+  if int(state.step) == total:
+    export_params(config, workdir, model, state, class_names)
   return state, {'step': int(state.step), **result}
+
+
+def export_params(config, workdir: str, model: FluxViT, state: TrainState,
+                  class_names) -> str:
+  """The finished run's params as a deployable checkpoint, WORKDIR/params.
+
+  `checkpoint.load_params(WORKDIR/params)` rebuilds the model; the metadata carries what
+  deployment needs (class names, the evaluation grid) and the training config.
+  """
+  e = config.eval
+  path = os.path.join(workdir, PARAMS_DIR)
+  checkpoint.save_params(path, state.params, model_config(model), overwrite=True, metadata=dict(
+      step=int(state.step), class_names=list(class_names),
+      eval=dict(frames=e.frames, resolution=e.resolution, num_clips=e.num_clips,
+                num_crops=e.num_crops),
+      config=json.loads(config.to_json_best_effort())))
+  logging.info('params of step %d saved to %s', int(state.step), path)
+  return path

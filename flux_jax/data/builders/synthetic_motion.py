@@ -5,10 +5,12 @@ encoded as H.264 mp4 and stored in array_record; nothing is downloaded.
 
   builder = build('tiny', data_dir)            # 24 train / 12 validation clips
   builder = build('demo', data_dir)            # 2004 / 396
+  builder = build('demo_hard', data_dir)       # 2004 / 396, difficulty 'hard'
   builder = build(sized(600, 120), data_dir)   # any size: config 'n600_120'
   source = builder.as_data_source('train')     # feeds grain.MapDataset.source
 
-Example i of split s is make_clip(seed(s, i), label=i % 6): labels are balanced, and
+Example i of split s is make_clip(seed(s, i), label=i % 6, difficulty): labels are
+balanced, and
 every example depends only on (config seed, split, i), never on the worker count.
 """
 
@@ -32,28 +34,41 @@ class SyntheticMotionConfig(tfds.core.BuilderConfig):
   num_train: int = 24
   num_validation: int = 12
   seed: int = 0
+  difficulty: str = 'easy'  # a key of synthetic.DIFFICULTIES
   fps: int = 25
-  crf: int = 23  # x264 quality; 23 keeps the 10-20 px disc sharp at ~20 KB a clip
+  crf: int = 23  # x264 quality; 23 keeps even the 'hard' 10 px disc sharp, ~20 KB a clip
 
 
-def sized(num_train: int, num_validation: int, seed: int = 0) -> SyntheticMotionConfig:
+def sized(num_train: int, num_validation: int, seed: int = 0, difficulty: str = 'easy'
+          ) -> SyntheticMotionConfig:
   """A config of any size, named after it (its own dataset directory)."""
+  if difficulty not in synthetic.DIFFICULTIES:
+    raise ValueError(f'difficulty {difficulty!r} is not one of {sorted(synthetic.DIFFICULTIES)}')
   return SyntheticMotionConfig(
-      name=f'n{num_train}_{num_validation}' + (f'_s{seed}' if seed else ''),
-      num_train=num_train, num_validation=num_validation, seed=seed,
-      description=f'{num_train} train / {num_validation} validation clips, seed {seed}')
+      name=(f'n{num_train}_{num_validation}' + (f'_s{seed}' if seed else '')
+            + ('' if difficulty == 'easy' else f'_{difficulty}')),
+      num_train=num_train, num_validation=num_validation, seed=seed, difficulty=difficulty,
+      description=f'{num_train} train / {num_validation} validation clips, seed {seed}, '
+                  f'{difficulty}')
 
 
 class SyntheticMotion(common.LocalBuilder):
   """Small discs moving left/right/up/down or growing/shrinking; see `synthetic`."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First version.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'First version.',
+      '1.1.0': "Difficulty 'easy' (the default: bigger discs, still squares); 'hard' is "
+               '1.0.0.',
+  }
   BUILDER_CONFIGS = [
       SyntheticMotionConfig(name='tiny', num_train=24, num_validation=12,
                             description='For tests: 24 train / 12 validation clips.'),
       SyntheticMotionConfig(name='demo', num_train=2004, num_validation=396,
                             description='For demos: 2004 train / 396 validation clips.'),
+      SyntheticMotionConfig(name='demo_hard', num_train=2004, num_validation=396,
+                            difficulty='hard',
+                            description="2004 train / 396 validation clips, 'hard'."),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -74,7 +89,8 @@ class SyntheticMotion(common.LocalBuilder):
 
   def _generate_examples(self, split: str, num_examples: int):
     config = self.builder_config
-    jobs = ((split, i, config.seed, config.fps, config.crf) for i in range(num_examples))
+    jobs = ((split, i, config.seed, config.difficulty, config.fps, config.crf)
+            for i in range(num_examples))
     yield from common.ordered_map(_example, jobs, self._num_workers)
 
 
@@ -84,12 +100,13 @@ def example_seed(seed: int, split: str, index: int) -> int:
   return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
-def _example(job: tuple[str, int, int, int, int]) -> tuple[str, dict]:
+def _example(job: tuple[str, int, int, str, int, int]) -> tuple[str, dict]:
   """(key, record) of one example; runs in a worker process."""
-  split, index, seed, fps, crf = job
+  split, index, seed, difficulty, fps, crf = job
   key = f'{split}_{index:06d}'
   frames, label = synthetic.make_clip(example_seed(seed, split, index),
-                                      label=index % synthetic.NUM_CLASSES)
+                                      label=index % synthetic.NUM_CLASSES,
+                                      difficulty=difficulty)
   video = decode.encode_mp4(frames, fps=fps, crf=crf)
   info = decode.probe(video, key)  # the frame count the decoder will see
   return key, common.record(video, label, key, info)
@@ -100,9 +117,9 @@ def build(name_or_config: str | SyntheticMotionConfig, data_dir: str,
   """Builds (or reuses) synthetic_motion in `data_dir` and returns its builder.
 
   Args:
-    name_or_config: 'tiny', 'demo', or a config such as `sized(600, 120)`.
+    name_or_config: 'tiny', 'demo', 'demo_hard', or a config such as `sized(600, 120)`.
     data_dir: the TFDS data directory; the dataset lands in
-      data_dir/synthetic_motion/<config>/1.0.0.
+      data_dir/synthetic_motion/<config>/<version>.
     num_workers: encoding processes; default, one per CPU. Above 1 they are spawned,
       so a calling script needs an `if __name__ == '__main__':` guard.
   """
