@@ -1,6 +1,8 @@
-"""python -m flux_jax.bench {forward|pipeline} [flags]
+"""python -m flux_jax.bench {forward|step|pipeline} [flags]
 
   forward:  FluxViT forward ms and tokens/s per budget (--variant --batch --repeats --dtype)
+  step:     train step ms, kept tokens/s and temp memory per budget set (--variant --batch
+            --repeats --dtype --budgets --remat)
   pipeline: grain Flux pipeline clips/s against raw PyAV, stall share (--batch --steps)
 """
 
@@ -11,12 +13,24 @@ import jax
 
 flags.DEFINE_string('variant', 'small', 'FluxViT variant.')
 flags.DEFINE_integer('batch', 2, 'Videos (forward) or clips (pipeline) per batch.')
-flags.DEFINE_integer('repeats', 3, 'forward: timed runs per point (median reported).')
-flags.DEFINE_string('dtype', 'float32', 'forward: compute dtype.')
+flags.DEFINE_integer('repeats', 3, 'forward, step: timed runs per point (median reported).')
+flags.DEFINE_string('dtype', 'float32', 'forward, step: compute dtype.')
+flags.DEFINE_multi_string('budgets', None, 'step: one budget set per flag, largest first, '
+                          'e.g. --budgets=3072,2048,1024 --budgets=2048 (default: the '
+                          "variant's sets in flux_jax.bench.step.SETUPS).")
+flags.DEFINE_bool('remat', False, 'step: rematerialize the blocks in the backward pass (as '
+                  'configs/fluxvit_k400.py does; bounds the memory of large budgets).')
 flags.DEFINE_integer('steps', 12, 'pipeline: batches timed per setting.')
 FLAGS = flags.FLAGS
 
-BENCHES = ('forward', 'pipeline')
+BENCHES = ('forward', 'step', 'pipeline')
+
+
+def _budget_set(text: str) -> tuple[int, ...]:
+  try:
+    return tuple(int(b) for b in text.split(','))
+  except ValueError:
+    raise app.UsageError(f'--budgets={text!r} is not comma-separated ints') from None
 
 
 def main(argv):
@@ -31,6 +45,16 @@ def main(argv):
              f'{FLAGS.dtype}, {where}')
     print(forward.format_table(
         forward.run(FLAGS.variant, FLAGS.batch, FLAGS.repeats, FLAGS.dtype), title))
+  elif argv[1] == 'step':
+    from flux_jax.bench import step  # pylint: disable=g-import-not-at-top
+    s = step.setup(FLAGS.variant)
+    budget_sets = None if FLAGS.budgets is None else [
+        _budget_set(text) for text in FLAGS.budgets]
+    title = (f'FluxViT-{FLAGS.variant[0].upper()} train step (AdamW, mixup, drop path 0.1, '
+             f'donated state{", remat" if FLAGS.remat else ""}), batch {FLAGS.batch}, '
+             f'{s.frames}x{s.resolution}^2 padded to {s.n_max} tokens, {FLAGS.dtype}, {where}')
+    print(step.format_table(step.run(FLAGS.variant, FLAGS.batch, FLAGS.repeats, FLAGS.dtype,
+                                     budget_sets, FLAGS.remat), title))
   else:
     from flux_jax.bench import pipeline  # pylint: disable=g-import-not-at-top
     title = (f'Flux pipeline on synthetic_motion clips, batch {FLAGS.batch}, '

@@ -24,18 +24,32 @@ GRIDS = ((24, 252), (8, 224))  # (T, R): 7776 and 2048 raw tokens for p = 14
 BUDGETS = (None, 3072, 2048, 1024, 512)
 
 
-def _time(fn, args, repeats):
-  """(compile seconds, median run seconds) of jit(fn)(*args)."""
+def compile_and_time(jitted, args, repeats: int, feed=None):
+  """(compiled, compile seconds, median run seconds) of `jitted` on `args`.
+
+  Compile time is `lower().compile()` alone; one warm-up run precedes the timed ones.
+  `feed(args, out)` gives the next run's arguments: a step that donates its state feeds
+  the returned state back in. Without it every run takes the same `args`.
+  """
   t0 = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
+  compiled = jitted.lower(*args).compile()
   compile_s = time.perf_counter() - t0
-  jax.block_until_ready(compiled(*args))  # warm-up
+  out = jax.block_until_ready(compiled(*args))  # warm-up
   times = []
   for _ in range(repeats):
+    if feed is not None:
+      args = feed(args, out)
     t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
+    out = jax.block_until_ready(compiled(*args))
     times.append(time.perf_counter() - t0)
-  return compile_s, statistics.median(times)
+  return compiled, compile_s, statistics.median(times)
+
+
+def markdown_table(title: str, columns, rows) -> str:
+  """A title line and a markdown table; `columns` holds (header, row -> cell) pairs."""
+  lines = [title, '| ' + ' | '.join(h for h, _ in columns) + ' |', '|' + '---|' * len(columns)]
+  lines += ['| ' + ' | '.join(cell(r) for _, cell in columns) + ' |' for r in rows]
+  return '\n'.join(lines)
 
 
 def run(variant: str = 'small', batch: int = 2, repeats: int = 3, dtype: str = 'float32',
@@ -56,19 +70,26 @@ def run(variant: str = 'small', batch: int = 2, repeats: int = 3, dtype: str = '
       k = n if budget is None else budget
       full = functools.partial(model.apply, budget=budget, head=1)
       pre = functools.partial(front.apply, budget=budget, head=1)
-      compile_s, full_s = _time(lambda p, x: full({'params': p}, x)[0], (params, tokens),
-                                repeats)
-      _, pre_s = _time(lambda p, x: pre({'params': p}, x)[0], (front_params, tokens), repeats)
+      _, compile_s, full_s = compile_and_time(
+          jax.jit(lambda p, x: full({'params': p}, x)[0]), (params, tokens), repeats)
+      _, _, pre_s = compile_and_time(
+          jax.jit(lambda p, x: pre({'params': p}, x)[0]), (front_params, tokens), repeats)
       rows.append(dict(grid=f'{t}x{r}^2', raw=n, budget=k, compile_s=compile_s,
                        ms=1e3 * full_s, tokens_per_s=batch * k / full_s,
                        front_share=pre_s / full_s))
   return rows
 
 
+COLUMNS = (
+    ('grid', lambda r: r['grid']),
+    ('raw tokens', lambda r: f"{r['raw']}"),
+    ('kept K', lambda r: f"{r['budget']}"),
+    ('compile s', lambda r: f"{r['compile_s']:.1f}"),
+    ('forward ms', lambda r: f"{r['ms']:.0f}"),
+    ('tokens/s', lambda r: f"{r['tokens_per_s']:.0f}"),
+    ('embed+select+GLPE share', lambda r: f"{100 * r['front_share']:.1f}%"),
+)
+
+
 def format_table(rows, title: str) -> str:
-  lines = [title, '| grid | raw tokens | kept K | compile s | forward ms | tokens/s | '
-           'embed+select+GLPE share |', '|---|---|---|---|---|---|---|']
-  for r in rows:
-    lines.append(f"| {r['grid']} | {r['raw']} | {r['budget']} | {r['compile_s']:.1f} | "
-                 f"{r['ms']:.0f} | {r['tokens_per_s']:.0f} | {100 * r['front_share']:.1f}% |")
-  return '\n'.join(lines)
+  return markdown_table(title, COLUMNS, rows)

@@ -1,0 +1,38 @@
+"""Benchmarks run end to end at tiny shapes; their tables are asserted, never their timings."""
+
+import pytest
+
+from flux_jax.bench import forward
+from flux_jax.bench import step
+
+
+def test_step_bench_tiny_gives_one_sane_row_per_budget_set():
+  rows = step.run('tiny', batch=2, repeats=1, budget_sets=((32, 16), (16,)))
+  assert [r['recipe'] for r in rows] == ['Flux-Multi', 'Flux-Single']
+  assert [r['budgets'] for r in rows] == ['32/16', '16']
+  assert [r['heads'] for r in rows] == ['0/1', '2']  # 16 tokens: the tiny model's last head
+  assert [r['kept'] for r in rows] == [48, 16]
+  for r in rows:
+    assert (r['raw'], r['n_max']) == (64, 96)  # 4x56^2 at p = 14, padded
+    assert r['compile_s'] > 0 and r['ms'] > 0 and r['temp_mib'] > 0
+    assert r['tokens_per_s'] == pytest.approx(2 * r['kept'] / (r['ms'] / 1e3))
+  lines = step.format_table(rows, 'title').splitlines()
+  assert lines[0] == 'title' and len(lines) == 3 + len(rows)
+  assert lines[1] == ('| recipe | budgets | heads | raw / N_max | compile s | step ms | '
+                      'kept tokens/s | temp MiB |')
+  assert all(line.count('|') == 9 for line in lines[1:])
+  assert lines[3].startswith('| Flux-Multi | 32/16 | 0/1 | 64 / 96 | ')
+
+
+def test_step_bench_refuses_an_unknown_variant():
+  with pytest.raises(ValueError, match="'large'"):
+    step.setup('large')
+
+
+def test_forward_table_format_is_unchanged():
+  row = dict(grid='8x224^2', raw=2048, budget=1024, compile_s=3.14, ms=123.4,
+             tokens_per_s=16600.2, front_share=0.0712)
+  assert forward.format_table([row], 'T') == (
+      'T\n| grid | raw tokens | kept K | compile s | forward ms | tokens/s | '
+      'embed+select+GLPE share |\n|---|---|---|---|---|---|---|\n'
+      '| 8x224^2 | 2048 | 1024 | 3.1 | 123 | 16600 | 7.1% |')
