@@ -36,6 +36,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # No official FluxViT-L exists; InternVideo2-L sizes, config only.
     'large': dict(embed_dim=1024, depth=24, num_heads=16, attn_pool_num_heads=16,
                   clip_embed_dim=768, pos_grid=(32, 20, 20)),
+    # The InternVideo2-1B distillation teacher (SPEC D.2): no DPN, GPE proj or LPE, one
+    # pooling projector; 6144 = int(1408 * 48 / 11) MLP hidden. Config only.
+    'iv2_1b': dict(embed_dim=1408, depth=40, num_heads=16, mlp_ratio=48 / 11,
+                   attn_pool_num_heads=16, clip_embed_dim=768, pos_grid=(8, 16, 16),
+                   head_budgets=(2048,), num_decoders=0, dual_norm_in_patch_embed=False,
+                   use_gpe_proj=False, use_lpe=False),
 }
 
 
@@ -70,8 +76,15 @@ class FluxViT(nn.Module):
     selector: token selector used when a budget is given (flux_jax.tokens.select).
     drop_path_rate: stochastic depth at the last block (linear from 0).
     layerscale_init: LayerScale gamma at init.
+    pos_temporal_scale: multiplies the time channels of the sin-cos init of pos_embed
+      (SPEC B.7 is 1; init only, a loaded table replaces it). With 10000 as the sin-cos
+      temperature, adjacent frames of a short clip differ in a few channels only, and a
+      small model trained from scratch learns frame order slowly or not at all: on
+      synthetic_motion it stayed order-blind at 1 and learned direction at 5.
     dtype: compute dtype; params are float32, norms and pooling statistics float32.
     remat: rematerialize blocks in the backward pass.
+    dual_norm_in_patch_embed, use_gpe_proj, use_lpe: the official FluxViT flags (SPEC
+      A.1); all False is the InternVideo2 ViT (SPEC D.2).
   """
   num_classes: int
   embed_dim: int = 384
@@ -89,8 +102,12 @@ class FluxViT(nn.Module):
   selector: str = 'group_dynamic'
   drop_path_rate: float = 0.0
   layerscale_init: float = 1e-5
+  pos_temporal_scale: float = 1.0
   dtype: Any = jnp.float32
   remat: bool = False
+  dual_norm_in_patch_embed: bool = True
+  use_gpe_proj: bool = True
+  use_lpe: bool = True
 
   @property
   def patch_dim(self) -> int:
@@ -103,7 +120,8 @@ class FluxViT(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: TokenBatch, *, budget: int | None = None, head: int = 0,
-               align_proj: int | None = None, train: bool = False):
+               align_proj: int | None = None, train: bool = False,
+               return_layers: tuple[int, ...] = (), return_attention: bool = False):
     """Classifies a TokenBatch.
 
     Args:
@@ -112,14 +130,20 @@ class FluxViT(nn.Module):
       head: static index of the projector and classifier.
       align_proj: if given, aux['projected'] = decoder[align_proj](pooled) (SPEC B.6).
       train: enables drop path.
+      return_layers: static block indices whose outputs go to aux['layers'].
+      return_attention: put the projector's attention in aux['attention'].
 
     Returns:
       (logits float32 `[B, num_classes]`, aux) with aux keys 'pooled' (raw projector
       output `[B, clip_embed_dim]`), 'projected' (when align_proj is given),
-      'kept_index' `[B, K]` (positions in the TokenBatch) and 'kept_valid' `[B, K]`.
+      'kept_index' `[B, K]` (positions in the TokenBatch), 'kept_valid' `[B, K]`,
+      'layers' `[len(return_layers), B, 1 + K, D]` (cls first) when asked, and
+      'attention' float32 `[B, 1 + K]` (the pooling query's attention, head mean).
     """
     if not 0 <= head < len(self.head_budgets):
       raise ValueError(f'head {head} out of range for {len(self.head_budgets)} heads')
+    if any(not 0 <= i < self.depth for i in return_layers):
+      raise ValueError(f'return_layers {return_layers} out of range for depth {self.depth}')
     if tokens.patches.shape[-1] != self.patch_dim:
       raise ValueError(f'patch vectors have {tokens.patches.shape[-1]} values, the model '
                        f'expects {self.patch_dim} (tubelet {self.tubelet_size}, patch '
@@ -127,7 +151,7 @@ class FluxViT(nn.Module):
     b, n = tokens.valid.shape
     d = self.embed_dim
 
-    x = layers.PatchEmbed(d, self.dtype, name='patch_embed')(
+    x = layers.PatchEmbed(d, self.dtype, self.dual_norm_in_patch_embed, name='patch_embed')(
         normalize_patches(tokens.patches))  # [B, N, D]
 
     if budget is not None and budget < n:
@@ -141,9 +165,11 @@ class FluxViT(nn.Module):
 
     t0, h0, w0 = self.pos_grid
     table = self.param('pos_embed', layers.param_with_axes(
-        lambda *_: jnp.asarray(posemb.sincos_3d(t0, h0, w0, d)), (POS_T, POS_H, POS_W, EMBED)),
+        lambda *_: jnp.asarray(posemb.sincos_3d(t0, h0, w0, d, self.pos_temporal_scale)),
+        (POS_T, POS_H, POS_W, EMBED)),
         (t0, h0, w0, d))
-    table = layers.ChannelAffine((EMBED,), name='gpe_proj')(table)  # GPE proj, SPEC B.3
+    if self.use_gpe_proj:
+      table = layers.ChannelAffine((EMBED,), name='gpe_proj')(table)  # GPE proj, SPEC B.3
     x = x + posemb.interpolate_at(table, coords, tokens.grid).astype(x.dtype)
 
     cls_token = self.param('cls_token', layers.param_with_axes(
@@ -158,23 +184,34 @@ class FluxViT(nn.Module):
 
     block = nn.remat(layers.Block, static_argnums=(3,)) if self.remat else layers.Block
     rates = np.linspace(0.0, self.drop_path_rate, self.depth)
+    returned = {}
     for i in range(self.depth):
       x = block(self.num_heads, int(d * self.mlp_ratio), self.mlp_activation, i,
-                float(rates[i]), self.layerscale_init, self.dtype, name=f'blocks_{i}')(
-                    x, mask, not train)
+                float(rates[i]), self.layerscale_init, self.dtype, self.use_lpe,
+                name=f'blocks_{i}')(x, mask, not train)
+      if i in return_layers:
+        returned[i] = x
     # No final norm: the pooling LayerNorms normalize (SPEC F.2).
 
     # Every head and decoder exists after init; a call runs only the ones it needs.
     initializing = self.is_initializing()
     fc_norm = layers.layer_norm((layers.CLIP,), jnp.float32, name='fc_norm')
-    pooled, logits_of = {}, {}
+    pooled, logits_of, attention = {}, {}, None
     for j in (range(len(self.head_budgets)) if initializing else (head,)):
-      z = layers.AttentionPooling(self.attn_pool_num_heads, self.clip_embed_dim,
-                                  self.dtype, name=f'clip_projector_{j}')(x, mask)
+      pool = layers.AttentionPooling(self.attn_pool_num_heads, self.clip_embed_dim,
+                                     self.dtype, name=f'clip_projector_{j}')
+      if return_attention and j == head:
+        z, attention = pool(x, mask, return_attention=True)  # [B, clip], [B, 1 + K]
+      else:
+        z = pool(x, mask)
       pooled[j] = z.astype(jnp.float32)  # [B, clip]
       logits_of[j] = layers.dense(self.num_classes, (layers.CLIP, layers.CLASSES),
                                   dtype=jnp.float32, name=f'head_{j}')(fc_norm(pooled[j]))
     aux = {'pooled': pooled[head], 'kept_index': index, 'kept_valid': kept}
+    if return_layers:
+      aux['layers'] = jnp.stack([returned[i] for i in return_layers])  # [L, B, 1 + K, D]
+    if return_attention:
+      aux['attention'] = attention
     decoders = range(self.num_decoders) if initializing else (
         () if align_proj is None else (align_proj,))
     for j in decoders:
@@ -262,3 +299,104 @@ def model_config(model: FluxViT) -> dict[str, Any]:
       value = list(value)
     out[f.name] = value
   return out
+
+
+def patch_embeddings(model: FluxViT, params: dict, tokens: TokenBatch) -> jax.Array:
+  """The model's patch embeddings of every token, `[B, N, D]`: what its selector scores."""
+  embed = layers.PatchEmbed(model.embed_dim, model.dtype, model.dual_norm_in_patch_embed)
+  return embed.apply({'params': params['patch_embed']}, normalize_patches(tokens.patches))
+
+
+DECODERS = {'mlp': layers.MLPDecoder, 'linear': layers.LinearDecoder,
+            'identity': layers.L2Decoder}
+
+
+class DistillStudent(nn.Module):
+  """FluxViT plus the decoders of Flux-UMT distillation (SPEC D.2, D.5).
+
+  The FluxViT params sit at the top of this module's params (shared scope), beside
+  `clip_pos_embed/*`, `clip_decoder_{i}/*` and `final_clip_decoder_{head}/*`; so layer
+  decay, the decay mask and sharding rules treat the FluxViT part as in fine-tuning, and
+  `fluxvit_params` is a plain FluxViT checkpoint (`checkpoint.init_from`).
+
+  Attributes:
+    model: the student FluxViT.
+    layers: student blocks aligned to the teacher layers, in the teacher's order.
+    target_dim: teacher width (middle-layer targets).
+    target_final_dim: teacher projector width (final target).
+    heads: projectors the passes train; each gets its own final decoder (SPEC D.5 item 4
+      is INFERRED: per-count heads, or one shared head).
+    layer_decoder, final_decoder: 'mlp' (IV2 MLP_Decoder), 'linear' (Linear_Decoder) or
+      'identity' (L2 only; IV2's final decoder when the teacher has no final dim).
+  """
+  model: FluxViT
+  layers: tuple[int, ...]
+  target_dim: int
+  target_final_dim: int
+  heads: tuple[int, ...] = (0,)
+  layer_decoder: str = 'mlp'
+  final_decoder: str = 'mlp'
+
+  @property
+  def patch_size(self) -> int:  # dummy_tokens and the loop treat it as its FluxViT
+    return self.model.patch_size
+
+  @property
+  def tubelet_size(self) -> int:
+    return self.model.tubelet_size
+
+  def setup(self):
+    for kind in (self.layer_decoder, self.final_decoder):
+      if kind not in DECODERS:
+        raise ValueError(f'distill decoder {kind!r} is not one of {sorted(DECODERS)}')
+    nn.share_scope(self, self.model)
+    self.clip_pos_embed = ClipPosEmbed(self.model.pos_grid, self.model.embed_dim)
+    self.clip_decoder = [DECODERS[self.layer_decoder](self.target_dim, self.model.dtype)
+                         for _ in self.layers]
+    self.final_clip_decoder = {str(h): DECODERS[self.final_decoder](
+        self.target_final_dim, self.model.dtype) for h in self.heads}
+
+  def __call__(self, tokens: TokenBatch, *, head: int | None = None, train: bool = False):
+    """Decoded, L2-normalised student features of all tokens the model keeps.
+
+    `head` (default: the first of `heads`) picks the projector and final decoder.
+
+    Returns:
+      (layers float32 `[L, B, 1 + K, target_dim]` with cls first, final float32
+      `[B, target_final_dim]`, kept_valid bool `[B, K]`).
+    """
+    head = self.heads[0] if head is None else head
+    if head not in self.heads:
+      raise ValueError(f'head {head} has no final decoder; distill heads are {self.heads}')
+    _, aux = self.model(tokens, head=head, train=train, return_layers=self.layers)
+    coords = jnp.take_along_axis(tokens.coords, aux['kept_index'][..., None], axis=1)
+    x = aux['layers'] + self.clip_pos_embed(coords, tokens.grid)[None]  # [L, B, 1 + K, D]
+    mid = jnp.stack([dec(x[i]) for i, dec in enumerate(self.clip_decoder)])
+    for h in (self.heads if self.is_initializing() else ()):
+      self.final_clip_decoder[str(h)](aux['pooled'])
+    final = self.final_clip_decoder[str(head)](aux['pooled'])  # [B, target_final_dim]
+    return mid, final, aux['kept_valid']
+
+  def fluxvit_params(self, params: dict) -> dict:
+    """The FluxViT part of this module's params: a checkpoint of `self.model`."""
+    names = abstract_params(self.model)
+    return {k: v for k, v in params.items() if k in names}
+
+
+class ClipPosEmbed(nn.Module):
+  """IV2's learnable `clip_pos_embed` (init 3D sin-cos, cls row 0), added to the student's
+  returned layers before the decoders; resized to the grid like the GLPE (SPEC B.3, D.5)."""
+  pos_grid: tuple[int, int, int]
+  dim: int
+
+  @nn.compact
+  def __call__(self, coords: jax.Array, grid: jax.Array) -> jax.Array:  # coords [B, K, 3]
+    t0, h0, w0 = self.pos_grid
+    table = self.param('pos_embed', layers.param_with_axes(
+        lambda *_: jnp.asarray(posemb.sincos_3d(t0, h0, w0, self.dim)),
+        (POS_T, POS_H, POS_W, EMBED)), (t0, h0, w0, self.dim))
+    cls_pos = self.param('cls_pos', layers.param_with_axes(
+        nn.initializers.zeros, (EMBED,)), (self.dim,))
+    body = posemb.interpolate_at(table, coords, grid)  # [B, K, D]
+    cls = jnp.broadcast_to(cls_pos, (body.shape[0], 1, self.dim))
+    return jnp.concatenate([cls, body], axis=1)  # [B, 1 + K, D]

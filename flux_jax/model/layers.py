@@ -24,6 +24,7 @@ PATCH = 'patch'  # patch vector P
 JOINED_KV = 'joined_kv'  # flat heads x head dim of the pooling attention
 CLIP = 'clip_embed'  # projector output width
 CLASSES = 'classes'
+DECODER = 'decoder'  # width inside and out of the distillation decoders (teacher width)
 POS_T, POS_H, POS_W = 'pos_t', 'pos_h', 'pos_w'
 
 def trunc_normal(std: float, bound: float = 2.0):
@@ -113,15 +114,19 @@ class PatchEmbed(nn.Module):
   """Dual patch norm: RMSNorm(P) -> Dense(P -> D) -> RMSNorm(D) (SPEC B.1).
 
   Equal to the official RMSNorm -> Conv3d(kernel = stride = patch) -> RMSNorm; the Dense
-  kernel is the conv weight in (kt, kh, kw, c) x D order.
+  kernel is the conv weight in (kt, kh, kw, c) x D order. `dual_norm=False` is the plain
+  Conv3d of InternVideo2 (SPEC D.2 teacher): no norm before or after.
   """
   embed_dim: int
   dtype: Dtype = jnp.float32
+  dual_norm: bool = True
 
   @nn.compact
   def __call__(self, patches):  # [B, N, P]
     p = patches.shape[-1]
-    x = rms_norm((PATCH,), name='norm_before')(patches.astype(jnp.float32))
+    x = patches.astype(jnp.float32)
+    if self.dual_norm:
+      x = rms_norm((PATCH,), name='norm_before')(x)
     # PyTorch Conv3d default: kaiming_uniform(a=sqrt 5) -> U(+-1/sqrt(fan_in)), SPEC B.7.
     bound = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
     bias_bound = lambda key, shape, dtype=jnp.float32: jax.random.uniform(  # noqa: E731
@@ -129,14 +134,20 @@ class PatchEmbed(nn.Module):
     x = nn.Dense(self.embed_dim, dtype=self.dtype, name='proj',
                  kernel_init=param_with_axes(bound, (PATCH, EMBED)),
                  bias_init=param_with_axes(bias_bound, (EMBED,)))(x.astype(self.dtype))
+    if not self.dual_norm:
+      return x  # [B, N, D]
     return rms_norm((EMBED,), dtype=self.dtype, name='norm')(x)  # [B, N, D]
 
 
 class Attention(nn.Module):
-  """MHSA with qk-RMSNorm over all heads jointly and LPE on V (SPEC B.5)."""
+  """MHSA with qk-RMSNorm over all heads jointly and LPE on V (SPEC B.5).
+
+  `use_lpe=False` drops the LPE (InternVideo2 blocks, SPEC D.2).
+  """
   num_heads: int
   layer_index: int = 0
   dtype: Dtype = jnp.float32
+  use_lpe: bool = True
 
   @nn.compact
   def __call__(self, x, mask):  # x [B, N, D], mask [B, N]
@@ -147,11 +158,12 @@ class Attention(nn.Module):
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, NH, HD]
     q = rms_norm((HEADS, KV), axes=(-2, -1), dtype=self.dtype, name='q_norm')(q)
     k = rms_norm((HEADS, KV), axes=(-2, -1), dtype=self.dtype, name='k_norm')(k)
-    v_lpe = ChannelAffine((HEADS, KV), name='lpe')(v)
     a = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])  # [B, N, NH, HD]
+    if self.use_lpe:
+      a = a + ChannelAffine((HEADS, KV), name='lpe')(v)
     out_init = trunc_normal(0.02 / (2.0 * (self.layer_index + 1)) ** 0.5)  # fix_init_weight
     return dense(d, (HEADS, KV, EMBED), axis=(-2, -1), init=out_init, dtype=self.dtype,
-                 name='proj')(a + v_lpe)  # [B, N, D]
+                 name='proj')(a)  # [B, N, D]
 
 
 class Mlp(nn.Module):
@@ -178,11 +190,13 @@ class Block(nn.Module):
   drop_path: float = 0.0
   layerscale_init: float = 1e-5
   dtype: Dtype = jnp.float32
+  use_lpe: bool = True
 
   @nn.compact
   def __call__(self, x, mask, deterministic: bool = True):
     y = rms_norm((EMBED,), dtype=self.dtype, name='norm1')(x)
-    y = Attention(self.num_heads, self.layer_index, self.dtype, name='attn')(y, mask)
+    y = Attention(self.num_heads, self.layer_index, self.dtype, self.use_lpe, name='attn')(
+        y, mask)
     y = LayerScale(self.layerscale_init, name='ls1')(y)
     x = x + DropPath(self.drop_path)(y, deterministic)
     y = rms_norm((EMBED,), dtype=self.dtype, name='norm2')(x)
@@ -195,13 +209,15 @@ class AttentionPooling(nn.Module):
   """One query (the masked mean token) attends over all tokens (SPEC A.5, B.6).
 
   No residual and no MLP; q/k/v biases are separate parameters as in the official code.
+  With `return_attention` it also returns the query's attention over the tokens,
+  averaged over heads: float32 `[B, N]` (the InternVideo2 teacher's `attn`, SPEC D.2).
   """
   num_heads: int
   out_dim: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask):  # x [B, N, D], mask [B, N]
+  def __call__(self, x, mask, return_attention: bool = False):  # x [B, N, D], mask [B, N]
     b, _, d = x.shape
     nh, hd = self.num_heads, d // self.num_heads
     w = mask[..., None].astype(jnp.float32)
@@ -210,9 +226,10 @@ class AttentionPooling(nn.Module):
     q = layer_norm((EMBED,), self.dtype, name='norm1_q')(q_in.astype(x.dtype))
     k = layer_norm((EMBED,), self.dtype, name='norm1_k')(x)
     v = layer_norm((EMBED,), self.dtype, name='norm1_v')(x)
-    out = PoolCrossAttention(nh, hd, self.out_dim, self.dtype, name='cross_attn')(
-        q, k, v, mask)
-    return out.reshape(b, self.out_dim)  # [B, out]
+    out, attention = PoolCrossAttention(nh, hd, self.out_dim, self.dtype, name='cross_attn')(
+        q, k, v, mask, return_attention)
+    out = out.reshape(b, self.out_dim)  # [B, out]
+    return (out, attention) if return_attention else out
 
 
 class PoolCrossAttention(nn.Module):
@@ -222,7 +239,8 @@ class PoolCrossAttention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, q, k, v, mask):
+  def __call__(self, q, k, v, mask, return_attention: bool = False):
+    """(output `[B, 1, out]`, head-mean attention `[B, N]` or None)."""
     b, n, d = k.shape
     nh, hd = self.num_heads, self.head_dim
     zeros = param_with_axes(nn.initializers.zeros, (JOINED_KV,))
@@ -232,10 +250,18 @@ class PoolCrossAttention(nn.Module):
       y = dense(d, (EMBED, JOINED_KV), use_bias=False, dtype=self.dtype, name=name)(x)
       return (y + bias.astype(y.dtype)).reshape(b, -1, nh, hd)  # [B, n, NH, HD]
 
-    a = jax.nn.dot_product_attention(project(q, 'q'), project(k, 'k'), project(v, 'v'),
+    q, k = project(q, 'q'), project(k, 'k')  # [B, 1, NH, HD], [B, N, NH, HD]
+    a = jax.nn.dot_product_attention(q, k, project(v, 'v'),
                                      mask=mask[:, None, None, :])  # [B, 1, NH, HD]
     a = a.reshape(b, 1, nh * hd)
-    return dense(self.out_dim, (JOINED_KV, CLIP), dtype=self.dtype, name='proj')(a)
+    out = dense(self.out_dim, (JOINED_KV, CLIP), dtype=self.dtype, name='proj')(a)
+    attention = None
+    if return_attention:  # the weights dot_product_attention does not expose
+      logits = jnp.einsum('bqhd,bkhd->bhqk', q.astype(jnp.float32), k.astype(jnp.float32),
+                          precision=jax.lax.Precision.HIGHEST) * hd ** -0.5  # [B, NH, 1, N]
+      logits = jnp.where(mask[:, None, None, :], logits, -jnp.inf)
+      attention = jnp.mean(jax.nn.softmax(logits, axis=-1), axis=1)[:, 0]  # [B, N]
+    return out, attention
 
 
 class LinearDecoder(nn.Module):
@@ -247,6 +273,37 @@ class LinearDecoder(nn.Module):
   def __call__(self, x):
     x = dense(self.out_dim, (CLIP, CLIP), dtype=self.dtype, name='head')(x)
     x = layer_norm((CLIP,), jnp.float32, name='norm')(x)
+    return l2_normalize(x)
+
+
+class MLPDecoder(nn.Module):
+  """Linear(D -> D) -> exact GELU -> Linear(D -> out) -> LayerNorm -> L2 normalize.
+
+  The official MLP_Decoder of InternVideo2 distillation (SPEC D.2), the student side of
+  Flux-UMT (SPEC D.5).
+  """
+  out_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):  # [..., D]
+    h = dense(x.shape[-1], (DECODER, DECODER), dtype=self.dtype, name='head')(x)
+    h = gelu('gelu')(h)
+    h = dense(self.out_dim, (DECODER, DECODER), dtype=self.dtype, name='proj')(h)
+    h = layer_norm((DECODER,), jnp.float32, name='norm')(h)
+    return l2_normalize(h)  # [..., out]
+
+
+class L2Decoder(nn.Module):
+  """No parameters: L2 normalize only (InternVideo2's identity final decoder)."""
+  out_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):  # [..., D]
+    if x.shape[-1] != self.out_dim:
+      raise ValueError(f'identity decoder: features have width {x.shape[-1]}, the target '
+                       f'{self.out_dim}; use an mlp or linear decoder')
     return l2_normalize(x)
 
 

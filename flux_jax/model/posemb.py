@@ -99,15 +99,18 @@ def sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
   return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
 
-def sincos_3d(t0: int, h0: int, w0: int, dim: int) -> np.ndarray:
+def sincos_3d(t0: int, h0: int, w0: int, dim: int, temporal_scale: float = 1.0
+              ) -> np.ndarray:
   """3D sin-cos table `[T0, H0, W0, D]` (SPEC B.3 item 5).
 
   Per token: [time D/4 | w (column) 3D/8 | h (row) 3D/8]; the w-before-h order is the
-  MAE meshgrid quirk of the official code.
+  MAE meshgrid quirk of the official code. `temporal_scale` multiplies the time channels
+  (1 is the official table; see FluxViT.pos_temporal_scale).
   """
   if dim % 16:
     raise ValueError(f'sin-cos embedding needs a width divisible by 16, got {dim}')
   d_t, d_s = dim // 4, dim * 3 // 8
   t, h, w = np.meshgrid(np.arange(t0), np.arange(h0), np.arange(w0), indexing='ij')
-  emb = np.concatenate([sincos_1d(d_t, t), sincos_1d(d_s, w), sincos_1d(d_s, h)], axis=1)
+  emb = np.concatenate([temporal_scale * sincos_1d(d_t, t), sincos_1d(d_s, w),
+                        sincos_1d(d_s, h)], axis=1)
   return emb.reshape(t0, h0, w0, dim).astype(np.float32)

@@ -1,7 +1,8 @@
 """train_and_evaluate(config, workdir): the one training script, in banner sections.
 
-Flux-Multi or Flux-Single fine-tuning, sharded over a ('data', 'fsdp', 'tensor') mesh,
-resumable from the workdir, with periodic multi-view evaluation.
+Flux-Multi or Flux-Single fine-tuning, or Flux-UMT distillation, sharded over a
+('data', 'fsdp', 'tensor') mesh, resumable from the workdir, with periodic multi-view
+evaluation.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import flax.linen as nn
 import grain
 import jax
 import ml_collections
+import tensorboardX
+import tqdm
 
 from flux_jax import checkpoint
 from flux_jax import sharding
@@ -25,6 +28,7 @@ from flux_jax.data.to_device import batch_stats, to_global
 from flux_jax.eval.multiview import evaluate_dataset, to_host
 from flux_jax.model.fluxvit import FluxViT, dummy_tokens, make_model, model_config
 from flux_jax.tokens.plan import PlanSampler
+from flux_jax.train import distill
 from flux_jax.train import optim
 from flux_jax.train import steps as steps_lib
 from flux_jax.train.state import TrainState
@@ -35,17 +39,30 @@ PARAMS_DIR = 'params'  # WORKDIR/params: the finished run's params (checkpoint.l
 
 
 class MetricWriter:
-  """Metrics to workdir/metrics.jsonl (process 0 only)."""
+  """Metrics to WORKDIR/metrics.jsonl and TensorBoard event files in WORKDIR/tb.
+
+  Process 0 writes; the other processes of a multi-host job make the same calls for free.
+  """
 
   def __init__(self, workdir: str):
     self._path = os.path.join(workdir, 'metrics.jsonl')
     self._active = jax.process_index() == 0
+    self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tb')) if self._active else None
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
-    if self._active:
-      row = {'step': int(step), **{k: float(v) for k, v in metrics.items()}}
-      with open(self._path, 'a') as f:
-        f.write(json.dumps(row) + '\n')
+    if not self._active:
+      return
+    row = {'step': int(step), **{k: float(v) for k, v in metrics.items()}}
+    with open(self._path, 'a') as f:
+      f.write(json.dumps(row) + '\n')
+    for k, v in row.items():
+      if k != 'step':
+        self._tb.add_scalar(k, v, global_step=int(step))
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
 
 
 def schedule_steps(config, num_videos: int) -> tuple[int, int, int]:
@@ -71,7 +88,11 @@ def make_tx(config, model: FluxViT, total: int, warmup: int):
       eps=o.eps, layer_decay=o.layer_decay, clip_grad=o.clip_grad, depth=model.depth))
 
 
-def make_train_step(config, model: FluxViT, tx):
+def make_train_step(config, model: FluxViT, tx,
+                    distillation: distill.Distillation | None = None):
+  if config.train.mode == 'distill':
+    return distill.make_step_from_config(config.distill, distillation.student,
+                                         distillation.teacher, tx)
   mix = None
   if config.mixup.enabled:
     mix = {k: config.mixup[k] for k in ('mixup_alpha', 'cutmix_alpha', 'prob', 'switch_prob')}
@@ -82,7 +103,8 @@ def make_train_step(config, model: FluxViT, tx):
     return steps_lib.make_flux_single_step(model, tx, budget=config.train.single_budget,
                                            head=config.train.single_head, mix=mix,
                                            smoothing=config.train.smoothing)
-  raise ValueError(f"train.mode={config.train.mode!r} is not 'multi' or 'single'")
+  raise ValueError(f"train.mode={config.train.mode!r} is not 'multi', 'single' or "
+                   "'distill'")
 
 
 def abstract_state(model: FluxViT, tx, mesh, rules):
@@ -137,7 +159,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # ---------------------------------------------------- Optimizer, state, resume --
   total, warmup, per_epoch = schedule_steps(config, len(train_src))
   tx = make_tx(config, model, total, warmup)
-  shapes, state_sh, init = abstract_state(model, tx, mesh, rules)
+  distillation = None  # Flux-UMT: the state trains model + decoders; a frozen teacher
+  if config.train.mode == 'distill':
+    distillation = distill.setup(config, model, mesh, workdir)
+  shapes, state_sh, init = abstract_state(
+      model if distillation is None else distillation.student, tx, mesh, rules)
   ckpt = checkpoint.TrainCheckpointer(workdir, keep=config.checkpoint.keep,
                                       save_every=config.checkpoint.every_steps)
   if ckpt.latest_step() is not None:
@@ -153,15 +179,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   start = int(state.step)
 
   # --------------------------------------------------------- Compile, memory -----
-  step_fn = make_train_step(config, model, tx)
+  step_fn = make_train_step(config, model, tx, distillation)
   rng = jax.random.key(config.seed + 1)
-  jitted = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, None),
+  # The teacher's params: an argument of their own, never donated or checkpointed.
+  teacher, teacher_sh = ((), ()) if distillation is None else (
+      (distillation.teacher_params,), (distillation.teacher_shardings,))
+  jitted = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, None) + teacher_sh,
                    out_shardings=(state_sh, None), donate_argnums=0)
   first = next(train_iter)
   tokens = to_global(first, batch_sh)
   counter = CompileCounter()
   with counter:
-    compiled = jitted.lower(state, tokens, rng).compile()
+    compiled = jitted.lower(state, tokens, rng, *teacher).compile()
   memory = compiled.memory_analysis()
   if memory is not None:
     logging.info('train step: %.1f MiB temp, %.1f MiB arguments, %.1f MiB outputs',
@@ -184,6 +213,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   result: dict[str, Any] = {}
   t0, seen_tokens, host = time.perf_counter(), 0, first
   end = total if stop_at is None else min(stop_at, total)
+  # A bar on a terminal only (disable=None); cluster logs get the log lines below.
+  bar = tqdm.tqdm(total=total, initial=start, desc='train', unit='step', dynamic_ncols=True,
+                  disable=None if jax.process_index() == 0 else True)
   for step in range(start, end):
     if host is None:
       host = next(train_iter)
@@ -193,8 +225,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     tokens = to_global(host, batch_sh)
     host = None
     with counter:
-      state, metrics = compiled(state, tokens, rng)
+      state, metrics = compiled(state, tokens, rng, *teacher)
     done = step + 1
+    bar.update()
     if done % config.train.log_every == 0 or done == total:
       metrics = {k: float(to_host(v)) for k, v in metrics.items()}
       dt = time.perf_counter() - t0
@@ -203,6 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                      replaced_videos=stats.get('replaced', 0), compiles=counter.count,
                      skipped_updates=optim.skipped_updates(state.opt_state))
       writer.write(done, metrics)
+      bar.set_postfix(loss=f"{metrics['loss']:.4f}", tokens_per_s=f'{seen_tokens / dt:.0f}')
       logging.info('step %d/%d loss %.4f  %.2f steps/s  ETA %.0fs', done, total,
                    metrics['loss'], rate, (total - done) / max(rate, 1e-9))
     if e.every_steps and (done % e.every_steps == 0 or done == total):
@@ -210,12 +244,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       writer.write(done, {f'eval_{k}': v for k, v in result.items()})
       logging.info('step %d eval %s', done, result)
     ckpt.save(done, state, train_iter, force=done in (total, end))
+  bar.close()
+  writer.close()
   ckpt.wait()
   ckpt.close()
-  if not result:
+  if not result and distillation is None:  # distillation trains no classifier
     result = run_eval()
   if int(state.step) == total:
-    export_params(config, workdir, model, state, class_names)
+    export_params(config, workdir, model, state if distillation is None else
+                  distill.student_export(distillation.student, state), class_names)
   return state, {'step': int(state.step), **result}
 
 

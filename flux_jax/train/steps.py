@@ -34,7 +34,8 @@ def _targets(rng, tokens: TokenBatch, num_classes: int, mix: Mapping[str, Any] |
   return tokens.replace(patches=patches), targets
 
 
-def _apply_gradients(state: TrainState, tx: optax.GradientTransformation, grads):
+def apply_gradients(state: TrainState, tx: optax.GradientTransformation, grads):
+  """One optimizer update of the params; the step counter advances."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state)
@@ -75,7 +76,7 @@ def make_flux_multi_step(model: FluxViT, tx: optax.GradientTransformation, *,
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
-    return _apply_gradients(state, tx, grads), metrics
+    return apply_gradients(state, tx, grads), metrics
 
   return step
 
@@ -97,7 +98,7 @@ def make_flux_single_step(model: FluxViT, tx: optax.GradientTransformation, *, b
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     metrics = {'loss': loss, 'ce_0': loss, 'grad_norm': optax.global_norm(grads)}
-    return _apply_gradients(state, tx, grads), metrics
+    return apply_gradients(state, tx, grads), metrics
 
   return step
 
