@@ -1,0 +1,280 @@
+"""Token Optimization (SPEC C.7): the best sampling grid (T, R) for each token budget.
+
+For every budget, each candidate grid with at least `budget` raw tokens is evaluated with
+the selector reducing it to the budget, beside the plain grid (no selection): as many
+whole frames at `plain_resolution` as the budget holds (SPEC E.1: 2/4/8/12 x 224^2 for
+512/1024/2048/3072 tokens). The best grid per budget is the highest top-1 among grids
+that fit (raw >= budget), ties to fewer GFLOPs.
+
+Outputs in OUT: `to.csv`; `to.json` = {"checkpoint": str, "rows": [row, ...]} (read by
+predict: the rows with best=True give the grid and head per budget); `to.png`, top-1
+against GFLOPs without and with TO. Each row is
+
+  dict(budget, frames, resolution, raw_tokens, tokens, head, top1, top5, videos, gflops,
+       to, best)
+
+with `tokens` = kept tokens, `gflops` per view (flux_jax.eval.flops), `to` = selection
+ran (raw_tokens > budget).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+
+from flux_jax import checkpoint
+from flux_jax import sharding as sharding_lib
+from flux_jax.data.sources import open_dataset
+from flux_jax.eval.budgets import evaluate_grid
+from flux_jax.eval.flops import gflops
+from flux_jax.model.fluxvit import FluxViT
+from flux_jax.tokens.plan import FluxPlan
+
+FIELDS = ('budget', 'frames', 'resolution', 'raw_tokens', 'tokens', 'head', 'top1', 'top5',
+          'videos', 'gflops', 'to', 'best')
+CSV, JSON, PLOT = 'to.csv', 'to.json', 'to.png'
+DEFAULT_BATCH = 16  # views per batch when none is given (rounded up to split evenly)
+
+
+def candidate_grids(budget: int, *, frames: Sequence[int], resolutions: Sequence[int],
+                    patch_size: int, tubelet_size: int = 1) -> list[tuple[int, int]]:
+  """(frames, resolution) pairs with at least `budget` raw tokens, fewest tokens first."""
+  grids = [(t, r) for t in frames for r in resolutions
+           if FluxPlan(t, r).num_tokens(patch_size, tubelet_size) >= budget]
+  return sorted(grids, key=lambda g: (FluxPlan(*g).num_tokens(patch_size, tubelet_size),) + g)
+
+
+def plain_grid(budget: int, *, resolution: int, patch_size: int,
+               tubelet_size: int = 1) -> tuple[int, int]:
+  """The grid without TO: as many whole tubelets at `resolution` as `budget` holds."""
+  per_step = (resolution // patch_size) ** 2
+  if budget < per_step:
+    raise ValueError(f'budget {budget} holds no whole frame at plain_resolution '
+                     f'{resolution} ({per_step} tokens per frame); give a smaller '
+                     'plain_resolution')
+  return tubelet_size * (budget // per_step), resolution
+
+
+def _check_args(model: FluxViT, budgets, frames, resolutions, plain_resolution) -> None:
+  for name, values in (('budgets', budgets), ('frames', frames),
+                       ('resolutions', resolutions)):
+    if not values or any(int(v) != v or v < 1 for v in values):
+      raise ValueError(f'{name} must be a non-empty list of positive integers, got '
+                       f'{list(values)}')
+  for r in (*resolutions, plain_resolution):
+    if r % model.patch_size:
+      raise ValueError(f'resolution {r} is not a multiple of the patch size '
+                       f'{model.patch_size}')
+  for t in frames:
+    if t % model.tubelet_size:
+      raise ValueError(f'frames {t} is not a multiple of the tubelet size '
+                       f'{model.tubelet_size}')
+  for budget in budgets:
+    if not candidate_grids(budget, frames=frames, resolutions=resolutions,
+                           patch_size=model.patch_size, tubelet_size=model.tubelet_size):
+      largest = max(FluxPlan(t, r).num_tokens(model.patch_size, model.tubelet_size)
+                    for t in frames for r in resolutions)
+      raise ValueError(f'no grid of frames {list(frames)} x resolutions '
+                       f'{list(resolutions)} fits budget {budget} (the largest has '
+                       f'{largest} raw tokens); add more frames or resolutions')
+    plain_grid(budget, resolution=plain_resolution, patch_size=model.patch_size,
+               tubelet_size=model.tubelet_size)
+
+
+def _rank(row: Mapping[str, Any]) -> tuple:
+  top1 = row['top1']
+  return (-top1 if top1 == top1 else math.inf,  # NaN (no videos) ranks last
+          row['gflops'], row['raw_tokens'])
+
+
+def mark_best(rows: list[dict]) -> list[dict]:
+  """Sets row['best'] on exactly one row per budget: the highest top-1 among rows with
+  raw_tokens >= budget, ties to fewer GFLOPs (then fewer raw tokens)."""
+  for budget in dict.fromkeys(r['budget'] for r in rows):
+    fits = [r for r in rows if r['budget'] == budget and r['raw_tokens'] >= budget]
+    if not fits:
+      raise ValueError(f'no evaluated grid fits budget {budget}')
+    best = min(fits, key=_rank)
+    for r in rows:
+      if r['budget'] == budget:
+        r['best'] = r is best
+  return rows
+
+
+def search(model: FluxViT, params, source, *, budgets: Sequence[int],
+           frames: Sequence[int], resolutions: Sequence[int], plain_resolution: int,
+           batch_size: int, sharding: jax.sharding.Sharding, num_clips: int = 1,
+           num_crops: int = 1,
+           progress: Callable[[dict], None] | None = None) -> list[dict]:
+  """Evaluates, per budget, every candidate grid that fits and the plain grid.
+
+  Args:
+    model, params: the classifier; params placed for `sharding`'s mesh.
+    source: the evaluation source (random access, `open_dataset`).
+    budgets: token budgets, in the order of the rows.
+    frames, resolutions: candidate grid axes; grids with fewer raw tokens than a
+      budget are never evaluated for it.
+    plain_resolution: resolution of the grid without TO (`plain_grid`).
+    batch_size, sharding, num_clips, num_crops: multi-view evaluation (SPEC C.7).
+    progress: called with each row when it is done.
+
+  Returns:
+    rows (module docstring), per budget the plain grid first, then the other grids by
+    raw tokens; one compile and one pass over `source` per row.
+
+  Raises:
+    ValueError: an empty or non-positive list, a resolution that is not a multiple of
+      the patch size, or a budget that no grid fits.
+  """
+  _check_args(model, budgets, frames, resolutions, plain_resolution)
+  p, tubelet = model.patch_size, model.tubelet_size
+  rows = []
+  for budget in budgets:
+    plain = plain_grid(budget, resolution=plain_resolution, patch_size=p,
+                       tubelet_size=tubelet)
+    grids = candidate_grids(budget, frames=frames, resolutions=resolutions, patch_size=p,
+                            tubelet_size=tubelet)
+    for t, r in dict.fromkeys([plain, *grids]):
+      row = evaluate_grid(model, params, source, budget=budget, frames=t, resolution=r,
+                          batch_size=batch_size, sharding=sharding, num_clips=num_clips,
+                          num_crops=num_crops)
+      row.update(gflops=gflops(model, row['tokens'], row['raw_tokens']),
+                 to=row['raw_tokens'] > budget, best=False)
+      rows.append({k: row[k] for k in FIELDS})
+      if progress is not None:
+        progress(rows[-1])
+  return mark_best(rows)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+  lines = ['| budget | grid | raw -> kept | head | GFLOPs | top-1 | top-5 | videos | TO | best |',
+           '|---|---|---|---|---|---|---|---|---|---|']
+  for r in rows:
+    lines.append(f"| {r['budget']} | {r['frames']} x {r['resolution']}^2 | "
+                 f"{r['raw_tokens']} -> {r['tokens']} | {r['head']} | {r['gflops']:.4g} | "
+                 f"{100 * r['top1']:.1f}% | {100 * r['top5']:.1f}% | {r['videos']} | "
+                 f"{'yes' if r['to'] else 'no'} | {'**best**' if r['best'] else ''} |")
+  return '\n'.join(lines)
+
+
+def save_plot(rows: Sequence[Mapping[str, Any]], path: str, title: str = '') -> None:
+  """Top-1 against GFLOPs: every grid evaluated, the plain grids, the best grids."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  budgets = list(dict.fromkeys(r['budget'] for r in rows))
+  plain = [next(r for r in rows if r['budget'] == b and not r['to']) for b in budgets
+           if any(r['budget'] == b and not r['to'] for r in rows)]
+  best = [next(r for r in rows if r['budget'] == b and r['best']) for b in budgets]
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  ax.scatter([r['gflops'] for r in rows], [100 * r['top1'] for r in rows], s=12,
+             color='lightgray', label='grids evaluated', zorder=1)
+  for line, style, label in ((plain, 's--', 'without TO'), (best, 'o-', 'with TO')):
+    line = sorted(line, key=lambda r: r['gflops'])
+    ax.plot([r['gflops'] for r in line], [100 * r['top1'] for r in line], style,
+            label=label, zorder=2)
+  for r in best:
+    ax.annotate(f"{r['budget']}: {r['frames']}x{r['resolution']}",
+                (r['gflops'], 100 * r['top1']), textcoords='offset points', xytext=(4, 4),
+                fontsize=7)
+  ax.set_xlabel('GFLOPs per view')
+  ax.set_ylabel('top-1 (%)')
+  ax.set_title(title or 'Token Optimization')
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def save_results(rows: Sequence[Mapping[str, Any]], out_dir: str, *,
+                 checkpoint_dir: str) -> dict[str, str]:
+  """Writes to.csv, to.json and to.png to `out_dir`; returns their paths by kind."""
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {kind: os.path.join(out_dir, name)
+           for kind, name in (('csv', CSV), ('json', JSON), ('png', PLOT))}
+  with open(paths['csv'], 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+  with open(paths['json'], 'w') as f:
+    json.dump({'checkpoint': checkpoint_dir, 'rows': [dict(r) for r in rows]}, f, indent=1)
+  save_plot(rows, paths['png'], title=os.path.basename(os.path.normpath(checkpoint_dir)))
+  return paths
+
+
+def _first(*candidates):
+  return next((c for c in candidates if c is not None), None)
+
+
+def evaluate_checkpoint(directory: str, out_dir: str, *, frames: Sequence[int],
+                        resolutions: Sequence[int], budgets: Sequence[int] | None = None,
+                        config: Mapping[str, Any] | None = None,
+                        plain_resolution: int | None = None, num_clips: int | None = None,
+                        num_crops: int | None = None, batch_size: int | None = None,
+                        progress: Callable[[dict], None] | None = None
+                        ) -> tuple[list[dict], dict[str, str]]:
+  """Token Optimization of a params checkpoint (`checkpoint.save_params`) on its data.
+
+  Args:
+    directory: the params checkpoint, e.g. WORKDIR/params of a finished run.
+    out_dir: where to.csv, to.json and to.png go (process 0 writes them).
+    frames, resolutions: candidate grid axes.
+    budgets: token budgets; None: the model's training budgets.
+    config: an experiment config with a `data` block (`open_dataset`); None: the
+      training config in the checkpoint's metadata. A converted official checkpoint has
+      none, so it needs one.
+    plain_resolution, num_clips, num_crops: None: the checkpoint's evaluation setting
+      (metadata 'eval'), else the config's `eval` block; views default to 1 x 1.
+    batch_size: views per batch; None: the smallest multiple of num_crops and of the
+      device count that is at least 16.
+
+  Returns:
+    (rows, paths of the written files).
+  """
+  meta = checkpoint.read_config(directory).get('metadata', {})
+  if config is None:
+    config = meta.get('config')
+    if config is None:
+      raise ValueError(f'{directory}: the checkpoint metadata has no training config (a '
+                       'converted checkpoint?); pass a config with a data block')
+  if 'data' not in config:
+    raise ValueError(f'the config has no data block to evaluate {directory} on')
+  model, params = checkpoint.load_params(directory)
+  saved_eval, config_eval = meta.get('eval') or {}, config.get('eval') or {}
+
+  def pick(key, given, default=None):
+    return _first(given, saved_eval.get(key), config_eval.get(key), default)
+
+  budgets = model.head_budgets if budgets is None else budgets
+  plain_resolution = pick('resolution', plain_resolution)
+  if plain_resolution is None:
+    raise ValueError(f'{directory}: no evaluation resolution in the metadata or config; '
+                     'give plain_resolution')
+  num_clips, num_crops = pick('num_clips', num_clips, 1), pick('num_crops', num_crops, 1)
+  mesh = sharding_lib.make_mesh({'data': -1})
+  rows_per_batch = mesh.shape['data']
+  if batch_size is None:
+    unit = math.lcm(num_crops, rows_per_batch)
+    batch_size = unit * -(-DEFAULT_BATCH // unit)
+  if batch_size % num_crops or batch_size % rows_per_batch:
+    raise ValueError(f'batch_size {batch_size} must divide by num_crops {num_crops} and '
+                     f'by the {rows_per_batch} devices')
+  _check_args(model, budgets, frames, resolutions, plain_resolution)  # before any data
+  _, source, class_names = open_dataset(config['data'])
+  if len(class_names) != model.num_classes:
+    raise ValueError(f'{directory}: the model has {model.num_classes} classes, the '
+                     f'dataset {config["data"]["name"]} has {len(class_names)}')
+  params = jax.device_put(params, sharding_lib.replicated(mesh))
+  rows = search(model, params, source, budgets=budgets, frames=frames,
+                resolutions=resolutions, plain_resolution=plain_resolution,
+                batch_size=batch_size, sharding=sharding_lib.batch_sharding(mesh),
+                num_clips=num_clips, num_crops=num_crops, progress=progress)
+  paths = {}
+  if jax.process_index() == 0:
+    paths = save_results(rows, out_dir, checkpoint_dir=os.path.abspath(directory))
+  return rows, paths

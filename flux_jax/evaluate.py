@@ -1,0 +1,75 @@
+r"""Entry point: multi-view evaluation and Token Optimization of a params checkpoint.
+
+  python -m flux_jax.evaluate --checkpoint WORKDIR/params --out /tmp/to \
+      --budgets 256,128,64 --frames 4,8,12,16 --resolutions 56,84,112,140 \
+      [--config configs/x.py] [--num_clips 4 --num_crops 3] [--batch_size 24]
+
+A finished training run's WORKDIR/params carries its config (the data) and evaluation
+setting; a converted official checkpoint needs `--config` with a `data` block. The work
+is flux_jax.eval.token_optimization.evaluate_checkpoint; this file holds flags only.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from flux_jax import sharding
+from flux_jax.eval import token_optimization
+
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Params checkpoint directory '
+                                  '(flux_jax.checkpoint.save_params, e.g. WORKDIR/params).')
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config whose data block to evaluate on; default: the '
+    "training config in the checkpoint's metadata.", lock_config=True)
+_OUT = flags.DEFINE_string('out', None, 'Directory for to.csv, to.json and to.png.')
+_BUDGETS = flags.DEFINE_list('budgets', None, "Token budgets; default: the model's "
+                             'training budgets.')
+_FRAMES = flags.DEFINE_list('frames', None, 'Candidate frame counts.')
+_RESOLUTIONS = flags.DEFINE_list('resolutions', None, 'Candidate resolutions (pixels).')
+_PLAIN_RESOLUTION = flags.DEFINE_integer(
+    'plain_resolution', None, 'Resolution of the grid without TO (whole frames up to the '
+    "budget); default: the checkpoint's evaluation resolution.")
+_NUM_CLIPS = flags.DEFINE_integer('num_clips', None, "Temporal clips per video; default: "
+                                  "the checkpoint's evaluation setting, else 1.")
+_NUM_CROPS = flags.DEFINE_integer('num_crops', None, "Spatial crops per clip; default: "
+                                  "the checkpoint's evaluation setting, else 1.")
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Views per batch; default: the '
+                                   'smallest multiple of num_crops and the device count '
+                                   '>= 16.')
+_MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize().')
+flags.mark_flags_as_required(['checkpoint', 'out', 'frames', 'resolutions'])
+
+
+def _ints(flag: flags.FlagHolder) -> list[int] | None:
+  if flag.value is None:
+    return None
+  try:
+    return [int(v) for v in flag.value]
+  except ValueError as e:
+    raise app.UsageError(f'--{flag.name}={",".join(flag.value)}: not a list of integers') from e
+
+
+def _log_row(row: dict) -> None:
+  logging.info('budget %d, %d x %d^2: top-1 %.4f', row['budget'], row['frames'],
+               row['resolution'], row['top1'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  sharding.initialize_distributed(_MULTIHOST.value)
+  budgets, frames, resolutions = _ints(_BUDGETS), _ints(_FRAMES), _ints(_RESOLUTIONS)
+  rows, paths = token_optimization.evaluate_checkpoint(
+      _CHECKPOINT.value, _OUT.value, frames=frames, resolutions=resolutions,
+      budgets=budgets, config=_CONFIG.value, plain_resolution=_PLAIN_RESOLUTION.value,
+      num_clips=_NUM_CLIPS.value, num_crops=_NUM_CROPS.value,
+      batch_size=_BATCH_SIZE.value, progress=_log_row)
+  print(f'Token Optimization of {_CHECKPOINT.value}:\n')
+  print(token_optimization.markdown_table(rows))
+  if paths:
+    print('\nsaved ' + ', '.join(paths[k] for k in ('csv', 'json', 'png')))
+
+
+if __name__ == '__main__':
+  app.run(main)
