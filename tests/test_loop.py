@@ -71,3 +71,20 @@ def test_resumed_run_continues_exactly(data_dir, tmp_path):
   assert meta['config']['train']['mode'] == 'single' and model.num_classes == 6
   for x, y in zip(jax.tree.leaves(pb), jax.tree.leaves(exported)):
     np.testing.assert_array_equal(x, y)
+
+
+def test_metrics_reach_tensorboard(data_dir, tmp_path):
+  """The event file holds the same loss per step as metrics.jsonl (read back by tensorboard)."""
+  from tensorboard.backend.event_processing import event_accumulator
+  workdir = str(tmp_path / 'run')
+  config = _config(data_dir, steps=2)
+  config.train.log_every = 1
+  train_and_evaluate(config, workdir)
+  events = event_accumulator.EventAccumulator(os.path.join(workdir, 'tb'))
+  events.Reload()
+  seen = {e.step: e.value for e in events.Scalars('loss')}
+  want = _losses(workdir)
+  assert sorted(seen) == sorted(want) == [1, 2]
+  for step, loss in want.items():
+    assert seen[step] == pytest.approx(loss, rel=1e-6)
+  assert 'tokens_per_s' in events.Tags()['scalars']

@@ -76,3 +76,10 @@ def test_sincos_layout():
   # position 0 encodes to [0..0 | 1..1]
   np.testing.assert_array_equal(posemb.sincos_1d(8, np.array([0]))[0], [0] * 4 + [1] * 4)
   assert np.isclose(posemb.sincos_1d(8, np.array([1]))[0, 1], np.sin(1 / 10000 ** 0.25))
+
+
+def test_temporal_scale_multiplies_the_time_channels_only():
+  d = 32
+  base, scaled = posemb.sincos_3d(3, 4, 5, d), posemb.sincos_3d(3, 4, 5, d, temporal_scale=5.0)
+  np.testing.assert_allclose(scaled[..., :d // 4], 5.0 * base[..., :d // 4], rtol=1e-6)
+  np.testing.assert_array_equal(scaled[..., d // 4:], base[..., d // 4:])
