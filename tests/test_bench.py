@@ -6,6 +6,7 @@ from flux_jax.bench import forward
 from flux_jax.bench import step
 
 
+@pytest.mark.slow  # a train-step compile per budget set; make test-slow
 def test_step_bench_tiny_gives_one_sane_row_per_budget_set():
   rows = step.run('tiny', batch=2, repeats=1, budget_sets=((32, 16), (16,)))
   assert [r['recipe'] for r in rows] == ['Flux-Multi', 'Flux-Single']

@@ -241,6 +241,7 @@ def test_sharded_step_equals_one_device(models):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # the whole loop twice; make test-slow
 def test_distill_run_resumes_and_exports_the_student(tmp_path_factory, tmp_path):
   """`train.mode = 'distill'` through train_and_evaluate on tiny synthetic_motion: resume
   with the recorded teacher, refuse another, export a FluxViT checkpoint for init_from."""

@@ -26,20 +26,12 @@ from flux_jax import checkpoint
 from flux_jax import sharding
 from flux_jax.data.sources import open_dataset
 from flux_jax.eval.budgets import accuracy_by_budget
-from flux_jax.train.loop import PARAMS_DIR, train_and_evaluate
+from flux_jax.experiments.common import train_once
 
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/umt', 'Dataset, runs and results.')
 _TEACHER_STEPS = flags.DEFINE_integer('teacher_steps', 400, 'Teacher Flux-Multi steps.')
 _DISTILL_STEPS = flags.DEFINE_integer('distill_steps', 300, 'Flux-UMT steps.')
 _FINETUNE_STEPS = flags.DEFINE_integer('finetune_steps', 200, 'Student Flux-Multi steps.')
-
-
-def _run(config, workdir: str) -> str:
-  """Trains unless WORKDIR/params exists; returns that params directory."""
-  params = os.path.join(workdir, PARAMS_DIR)
-  if not os.path.isdir(params):
-    train_and_evaluate(config, workdir)
-  return params
 
 
 def _finetune_config(data_dir: str, init: str):
@@ -59,18 +51,18 @@ def main(argv):
 
   teacher = synthetic_demo.get_config(f'steps={_TEACHER_STEPS.value}')
   teacher.data.data_dir = data_dir
-  teacher_params = _run(teacher, os.path.join(root, 'teacher'))
+  teacher_params = train_once(teacher, os.path.join(root, 'teacher'))
 
   student = umt_synthetic.get_config(f'teacher={teacher_params},'
                                      f'steps={_DISTILL_STEPS.value}')
   student.data.data_dir = data_dir
-  distilled = _run(student, os.path.join(root, 'distill'))
+  distilled = train_once(student, os.path.join(root, 'distill'))
 
   runs = {'teacher': teacher_params,
-          'Flux-UMT + Flux-Multi': _run(_finetune_config(data_dir, distilled),
-                                        os.path.join(root, 'finetune')),
-          'scratch Flux-Multi': _run(_finetune_config(data_dir, ''),
-                                     os.path.join(root, 'scratch'))}
+          'Flux-UMT + Flux-Multi': train_once(_finetune_config(data_dir, distilled),
+                                              os.path.join(root, 'finetune')),
+          'scratch Flux-Multi': train_once(_finetune_config(data_dir, ''),
+                                           os.path.join(root, 'scratch'))}
   _, val, _ = open_dataset(teacher.data)
   batch = sharding.batch_sharding(sharding.make_mesh(dict(teacher.mesh)))
   lines = ['| model | budget | tokens kept / raw | top-1 |', '|---|---|---|---|']

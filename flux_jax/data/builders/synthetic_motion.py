@@ -58,8 +58,8 @@ class SyntheticMotion(common.LocalBuilder):
   VERSION = tfds.core.Version('1.1.0')
   RELEASE_NOTES = {
       '1.0.0': 'First version.',
-      '1.1.0': "Difficulty 'easy' (the default: bigger discs, still squares); 'hard' is "
-               '1.0.0.',
+      '1.1.0': "Difficulty 'easy' (the default: bigger discs, still squares, a faint "
+               "texture); 'hard' is 1.0.0.",
   }
   BUILDER_CONFIGS = [
       SyntheticMotionConfig(name='tiny', num_train=24, num_validation=12,
