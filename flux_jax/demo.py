@@ -25,31 +25,12 @@ from configs import synthetic_demo
 from flux_jax import sharding
 from flux_jax.data.sources import open_dataset
 from flux_jax.data.synthetic import NUM_CLASSES
-from flux_jax.eval.budgets import accuracy_by_budget
+from flux_jax.eval import budgets
 from flux_jax.model.fluxvit import make_model
 from flux_jax.train.loop import train_and_evaluate
 
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/demo', 'Dataset, checkpoints, results.')
 _STEPS = flags.DEFINE_integer('steps', 800, 'Training steps.')
-
-
-def save_plot(rows, path: str, chance: float) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  tokens = [r['tokens'] for r in rows]
-  ax.plot(tokens, [100 * r['top1'] for r in rows], 'o-', label='FluxViT, Flux-Multi')
-  ax.axhline(100 * chance, color='gray', ls='--', label='chance')
-  ax.set_xscale('log', base=2)
-  ax.set_xticks(tokens, [str(t) for t in tokens])
-  ax.set_xlabel('tokens kept (budget)')
-  ax.set_ylabel('top-1 (%)')
-  ax.set_ylim(0, 100)
-  ax.set_title('synthetic_motion validation, 8 x 112^2 input')
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
 
 
 def main(argv):
@@ -72,16 +53,12 @@ def main(argv):
   _, val, _ = open_dataset(config.data)
   mesh = sharding.make_mesh(dict(config.mesh))
   full = model.head_budgets[0]
-  rows = accuracy_by_budget(model, state.params, val, budgets=(full, full // 2, full // 4),
-                            frames=8, resolution=112, batch_size=config.eval.batch_size,
-                            sharding=sharding.batch_sharding(mesh))
+  rows = budgets.accuracy_by_budget(
+      model, state.params, val, budgets=(full, full // 2, full // 4), frames=8,
+      resolution=112, batch_size=config.eval.batch_size,
+      sharding=sharding.batch_sharding(mesh))
   chance = 1 / NUM_CLASSES
-  lines = ['| budget | tokens kept / raw | head | top-1 | top-5 | videos |',
-           '|---|---|---|---|---|---|']
-  for r in rows:
-    lines.append(f"| {r['budget']} | {r['tokens']} / {r['raw_tokens']} | {r['head']} | "
-                 f"{100 * r['top1']:.1f}% | {100 * r['top5']:.1f}% | {r['videos']} |")
-  table = '\n'.join(lines)
+  table = budgets.markdown_table(rows)
   print(f'\nAccuracy against budget (chance {100 * chance:.1f}%):\n{table}')
   with open(os.path.join(workdir, 'budgets.md'), 'w') as f:
     f.write(table + '\n')
@@ -89,7 +66,10 @@ def main(argv):
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-  save_plot(rows, os.path.join(workdir, 'budgets.png'), chance)
+  budgets.save_plot([('FluxViT, Flux-Multi', [r['tokens'] for r in rows],
+                      [r['top1'] for r in rows], 'o-')],
+                    os.path.join(workdir, 'budgets.png'),
+                    title='synthetic_motion validation, 8 x 112^2 input', chance=chance)
   print(f'saved {workdir}/budgets.md, budgets.csv and budgets.png; '
         f'jax {jax.__version__} on {jax.devices()[0].platform}')
 

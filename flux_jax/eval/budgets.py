@@ -50,3 +50,40 @@ def accuracy_by_budget(model: FluxViT, params, source, *, budgets: Sequence[int]
   return [evaluate_grid(model, params, source, budget=budget, frames=frames,
                         resolution=resolution, batch_size=batch_size, sharding=sharding,
                         num_clips=num_clips, num_crops=num_crops) for budget in budgets]
+
+
+def markdown_table(rows: Sequence[dict], *, name: str | None = None) -> str:
+  """Rows of `evaluate_grid` as a markdown table; `name` adds a leading 'model' column
+  (each row's `name` value)."""
+  head = ['budget', 'tokens kept / raw', 'head', 'top-1', 'top-5', 'videos']
+  lines = ['| ' + ' | '.join((['model'] if name else []) + head) + ' |',
+           '|---' * (len(head) + bool(name)) + '|']
+  for r in rows:
+    cells = [str(r['budget']), f"{r['tokens']} / {r['raw_tokens']}", str(r['head']),
+             f"{100 * r['top1']:.1f}%", f"{100 * r['top5']:.1f}%", str(r['videos'])]
+    lines.append('| ' + ' | '.join(([str(r[name])] if name else []) + cells) + ' |')
+  return '\n'.join(lines)
+
+
+def save_plot(series: Sequence[tuple[str, Sequence[int], Sequence[float], str]], path: str,
+              *, title: str, chance: float) -> None:
+  """Top-1 against tokens kept, log2 axis: one line per (label, tokens, top1, style), the
+  style a matplotlib format string ('o-', 'C1s--')."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  for label, tokens, top1, style in series:
+    ax.plot(tokens, [100 * t for t in top1], style, label=label)
+  ax.axhline(100 * chance, color='gray', ls=':', label='chance')
+  ticks = sorted({t for _, tokens, _, _ in series for t in tokens})
+  ax.set_xscale('log', base=2)
+  ax.set_xticks(ticks, [str(t) for t in ticks])
+  ax.set_xlabel('tokens kept (budget)')
+  ax.set_ylabel('top-1 (%)')
+  ax.set_ylim(0, 100)
+  ax.set_title(title)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

@@ -31,6 +31,7 @@ from absl import logging
 from configs import synthetic_demo
 from flux_jax.data.sources import open_dataset
 from flux_jax.data.synthetic import NUM_CLASSES
+from flux_jax.eval import budgets as budget_eval
 from flux_jax.eval import token_optimization
 from flux_jax.experiments.common import train_once
 
@@ -91,30 +92,16 @@ def markdown_table(results: list[dict]) -> str:
 
 
 def save_plot(results: list[dict], path: str) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(5.5, 4))
+  series = []
   for i, (run, name) in enumerate(RUNS.items()):
     rows = [r for r in results if r['run'] == run]
-    budgets = [r['budget'] for r in rows]
-    color = f'C{i}'
-    ax.plot(budgets, [100 * r['fixed_top1'] for r in rows], 'o-', color=color,
-            label=f'{name}, {FIXED[0]} x {FIXED[1]}^2')
-    ax.plot(budgets, [100 * r['to_top1'] for r in rows], 's--', color=color,
-            label=f'{name} + TO')
-  ax.axhline(100 / NUM_CLASSES, color='gray', ls=':', label='chance')
-  ticks = sorted({r['budget'] for r in results})
-  ax.set_xscale('log', base=2)
-  ax.set_xticks(ticks, [str(t) for t in ticks])
-  ax.set_xlabel('tokens kept (budget)')
-  ax.set_ylabel('top-1 (%)')
-  ax.set_ylim(0, 100)
-  ax.set_title('synthetic_motion: budget robustness (Table 5 analogue)')
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+    tokens = [r['budget'] for r in rows]
+    series += [(f'{name}, {FIXED[0]} x {FIXED[1]}^2', tokens, [r['fixed_top1'] for r in rows],
+                f'C{i}o-'),
+               (f'{name} + TO', tokens, [r['to_top1'] for r in rows], f'C{i}s--')]
+  budget_eval.save_plot(series, path,
+                        title='synthetic_motion: budget robustness (Table 5 analogue)',
+                        chance=1 / NUM_CLASSES)
 
 
 def main(argv):

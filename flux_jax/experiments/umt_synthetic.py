@@ -25,7 +25,7 @@ from configs import umt_synthetic
 from flux_jax import checkpoint
 from flux_jax import sharding
 from flux_jax.data.sources import open_dataset
-from flux_jax.eval.budgets import accuracy_by_budget
+from flux_jax.eval import budgets
 from flux_jax.experiments.common import train_once
 
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/umt', 'Dataset, runs and results.')
@@ -65,16 +65,14 @@ def main(argv):
                                            os.path.join(root, 'scratch'))}
   _, val, _ = open_dataset(teacher.data)
   batch = sharding.batch_sharding(sharding.make_mesh(dict(teacher.mesh)))
-  lines = ['| model | budget | tokens kept / raw | top-1 |', '|---|---|---|---|']
+  rows = []
   for name, path in runs.items():
     model, params = checkpoint.load_params(path)
     full = model.head_budgets[0]
-    for r in accuracy_by_budget(model, params, val, budgets=(full, full // 2, full // 4),
-                                frames=8, resolution=112,
-                                batch_size=teacher.eval.batch_size, sharding=batch):
-      lines.append(f"| {name} | {r['budget']} | {r['tokens']} / {r['raw_tokens']} | "
-                   f"{100 * r['top1']:.1f}% |")
-  table = '\n'.join(lines)
+    rows += [dict(r, model=name) for r in budgets.accuracy_by_budget(
+        model, params, val, budgets=(full, full // 2, full // 4), frames=8, resolution=112,
+        batch_size=teacher.eval.batch_size, sharding=batch)]
+  table = budgets.markdown_table(rows, name='model')
   print(f'\nsynthetic_motion validation, 8 x 112^2 (chance 16.7%):\n{table}')
   with open(os.path.join(root, 'umt_budgets.md'), 'w') as f:
     f.write(table + '\n')
