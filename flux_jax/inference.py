@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from flux_jax.model.fluxvit import FluxViT
+from flux_jax.tokens.select import keeps_all
 from flux_jax.tokens.token_batch import patchify
 
 
@@ -45,7 +46,7 @@ def classify(model: FluxViT, params, video, *, budget: int | None = None,
   n = (t // kt) * (h // p) * (w // p)
   if budget is not None and budget < 1:
     raise ValueError(f'budget must be positive, got {budget}')
-  if budget is not None and budget >= n:
+  if keeps_all(budget, n):
     budget = None  # every token fits
   if head is None:
     head = model.nearest_head(budget, n)

@@ -10,6 +10,7 @@ import jax
 from flux_jax.eval.multiview import evaluate_dataset
 from flux_jax.model.fluxvit import FluxViT
 from flux_jax.tokens.plan import FluxPlan
+from flux_jax.tokens.select import keeps_all
 from flux_jax.train.steps import make_eval_step
 
 
@@ -34,7 +35,7 @@ def evaluate_grid(model: FluxViT, params, source, *, budget: int, frames: int,
   raw = FluxPlan(frames, resolution).num_tokens(model.patch_size, model.tubelet_size)
   head = model.nearest_head(budget, raw)
   # A budget >= raw keeps every token, as None does: grids of equal size share a step.
-  step = _eval_step(model, budget if budget < raw else None, head)
+  step = _eval_step(model, None if keeps_all(budget, raw) else budget, head)
   result = evaluate_dataset(step, params, source, model=model, frames=frames,
                             resolution=resolution, batch_size=batch_size, sharding=sharding,
                             num_clips=num_clips, num_crops=num_crops)

@@ -19,7 +19,7 @@ import numpy as np
 from flux_jax.model import layers
 from flux_jax.model import posemb
 from flux_jax.model.layers import EMBED, POS_H, POS_T, POS_W
-from flux_jax.tokens.select import SELECTORS, select_tokens
+from flux_jax.tokens.select import SELECTORS, all_tokens, keeps_all, select_tokens
 from flux_jax.tokens.token_batch import TokenBatch, patchify
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -154,14 +154,14 @@ class FluxViT(nn.Module):
     x = layers.PatchEmbed(d, self.dtype, self.dual_norm_in_patch_embed, name='patch_embed')(
         normalize_patches(tokens.patches))  # [B, N, D]
 
-    if budget is not None and budget < n:
+    if not keeps_all(budget, n):
       rng = self.make_rng('selection') if self.selector == 'random' else None
       index, kept = select_tokens(x, tokens, budget, self.selector, rng)  # [B, K]
       x = jnp.take_along_axis(x, index[..., None], axis=1)  # [B, K, D]
       coords = jnp.take_along_axis(tokens.coords, index[..., None], axis=1)  # [B, K, 3]
     else:
-      index = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
-      kept, coords = tokens.valid, tokens.coords
+      index, kept = all_tokens(tokens.valid)
+      coords = tokens.coords
 
     t0, h0, w0 = self.pos_grid
     table = self.param('pos_embed', layers.param_with_axes(

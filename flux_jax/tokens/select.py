@@ -108,6 +108,18 @@ def _top_k_raster(category, priority, k):
   return idx, keep
 
 
+def keeps_all(k: int | None, n: int) -> bool:
+  """Whether budget `k` of `n` slots keeps every token: None, or K >= N (the official
+  r = 0, no selection)."""
+  return k is None or k >= n
+
+
+def all_tokens(valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(index, keep) of keeping every slot: raster positions `[B, N]` and `valid`."""
+  b, n = valid.shape
+  return jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n)), valid
+
+
 def select_tokens(x: jax.Array, tokens: TokenBatch, k: int,
                   method: Selector = 'group_dynamic',
                   rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:

@@ -40,7 +40,7 @@ from flux_jax import sharding
 from flux_jax.model.fluxvit import (DECODERS, DistillStudent, FluxViT, init_params,
                                     make_model, model_config, patch_embeddings)
 from flux_jax.model.teacher import Teacher, TeacherOutput
-from flux_jax.tokens.select import SELECTORS, select_tokens
+from flux_jax.tokens.select import SELECTORS, all_tokens, keeps_all, select_tokens
 from flux_jax.tokens.token_batch import TokenBatch
 from flux_jax.train.state import TrainState
 # The fine-tuning steps' update, not a copy of it.
@@ -64,9 +64,8 @@ def gather_tokens(tokens: TokenBatch, index: jax.Array, keep: jax.Array) -> Toke
 
 def _select(embeddings, tokens: TokenBatch, k: int, method: str, rng):
   """select_tokens, or every token when K >= N_max (the official r = 0)."""
-  b, n = tokens.valid.shape
-  if k >= n:
-    return jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n)), tokens.valid
+  if keeps_all(k, tokens.valid.shape[1]):
+    return all_tokens(tokens.valid)
   return select_tokens(embeddings, tokens, k, method, rng)
 
 
@@ -87,8 +86,8 @@ def choose_subset(method: str, k: int, teacher: TeacherOutput, tokens: TokenBatc
     first; keep bool `[B, K]`, False where the teacher set has fewer than K tokens).
   """
   b, kt = teacher.valid.shape
-  if k >= kt:
-    return jnp.broadcast_to(jnp.arange(kt, dtype=jnp.int32), (b, kt)), teacher.valid
+  if keeps_all(k, kt):
+    return all_tokens(teacher.valid)
   if method == 'attention':
     # Sampling without replacement in proportion to the attention (torch.multinomial)
     # is the top-K of log(attention) + Gumbel noise.
