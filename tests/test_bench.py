@@ -2,6 +2,9 @@
 
 import pytest
 
+from configs import synthetic_demo
+from configs import umt_fluxvit_s_from_b
+from flux_jax.bench import distill
 from flux_jax.bench import forward
 from flux_jax.bench import step
 
@@ -37,3 +40,28 @@ def test_forward_table_format_is_unchanged():
       'T\n| grid | raw tokens | kept K | compile s | forward ms | tokens/s | '
       'embed+select+GLPE share |\n|---|---|---|---|---|---|---|\n'
       '| 8x224^2 | 2048 | 1024 | 3.1 | 123 | 16600 | 7.1% |')
+
+
+@pytest.mark.slow  # three distillation programs compile; make test-slow
+def test_distill_bench_times_the_step_with_and_without_the_teacher():
+  config = umt_fluxvit_s_from_b.get_config('runlocal=true')  # tiny teacher and student
+  rows, teacher = distill.run(config, batch=2, repeats=1, frames=4, resolution=56)
+  assert teacher == 'D64 x 2 (distill.teacher_model)'  # the tiny variant's size
+  assert [r['program'] for r in rows] == [
+      'teacher targets', 'student update (targets given)', 'distill step (with teacher)']
+  for r in rows:
+    assert (r['raw'], r['n_max'], r['t_tokens'], r['s_tokens']) == (64, 96, 48, '48/32/16')
+    assert r['compile_s'] > 0 and r['ms'] > 0
+    assert 0 < r['temp_mib'] < r['peak_mib']
+  # Both hold the clip and the teacher's params; the step holds the student's Adam state
+  # (three copies of its params) where the targets program holds its params once.
+  assert rows[2]['args_mib'] > rows[0]['args_mib']
+  lines = distill.format_table(rows, 'T').splitlines()
+  assert lines[1] == ('| program | raw / N_max | teacher / student tokens | compile s | ms | '
+                      'args MiB | temp MiB | peak MiB |')
+  assert lines[3].startswith('| teacher targets | 64 / 96 | 48 / 48/32/16 | ')
+
+
+def test_distill_bench_refuses_a_config_that_does_not_distil():
+  with pytest.raises(ValueError, match="train.mode='distill'.*'multi'"):
+    distill.run(synthetic_demo.get_config())

@@ -1,12 +1,14 @@
 r"""Flux-UMT end to end on synthetic_motion, against a student trained from scratch.
 
   python -m flux_jax.experiments.umt_synthetic --workdir workdir/umt [--teacher_steps 400] \
-      [--distill_steps 300] [--finetune_steps 200]
+      [--teacher DIR] [--distill_steps 300] [--finetune_steps 200] [--scratch_steps 200,500]
 
-1. teacher: Flux-Multi on synthetic_motion (configs/synthetic_demo.py);
+1. teacher: Flux-Multi on synthetic_motion (configs/synthetic_demo.py), or `--teacher`, the
+   params of a finished synthetic_demo run (e.g. `make demo`'s);
 2. student: Flux-UMT distillation from it (configs/umt_synthetic.py);
 3. the distilled student fine-tuned with Flux-Multi (`config.init` = its WORKDIR/params),
-   and the same student from scratch with the same fine-tuning steps;
+   and the same student from scratch for each of `--scratch_steps` (default: the
+   fine-tuning steps, and the distillation plus fine-tuning steps);
 4. both evaluated on an 8 x 112^2 grid at the full, 1/2 and 1/4 budgets.
 
 Each stage resumes or skips from its workdir, so a rerun continues where it stopped.
@@ -15,6 +17,7 @@ Each stage resumes or skips from its workdir, so a rerun continues where it stop
 from __future__ import annotations
 
 import os
+import time
 
 from absl import app
 from absl import flags
@@ -29,13 +32,17 @@ from flux_jax.eval import budgets
 from flux_jax.experiments.common import train_once
 
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/umt', 'Dataset, runs and results.')
+_TEACHER = flags.DEFINE_string('teacher', '', 'Params of a trained synthetic_demo teacher; '
+                               'empty: train one for --teacher_steps.')
 _TEACHER_STEPS = flags.DEFINE_integer('teacher_steps', 400, 'Teacher Flux-Multi steps.')
 _DISTILL_STEPS = flags.DEFINE_integer('distill_steps', 300, 'Flux-UMT steps.')
 _FINETUNE_STEPS = flags.DEFINE_integer('finetune_steps', 200, 'Student Flux-Multi steps.')
+_SCRATCH_STEPS = flags.DEFINE_list('scratch_steps', None, 'Steps of each from-scratch '
+                                   'student (default: finetune, distill + finetune).')
 
 
-def _finetune_config(data_dir: str, init: str):
-  config = synthetic_demo.get_config(f'steps={_FINETUNE_STEPS.value}')
+def _finetune_config(data_dir: str, init: str, steps: int):
+  config = synthetic_demo.get_config(f'steps={steps}')
   config.data.data_dir = data_dir
   config.model.update(umt_synthetic.STUDENT)
   config.init = init
@@ -46,23 +53,29 @@ def _finetune_config(data_dir: str, init: str):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  t0 = time.perf_counter()
   root = os.path.abspath(_WORKDIR.value)
   data_dir = os.path.join(root, 'tfds')
 
   teacher = synthetic_demo.get_config(f'steps={_TEACHER_STEPS.value}')
   teacher.data.data_dir = data_dir
-  teacher_params = train_once(teacher, os.path.join(root, 'teacher'))
+  teacher_params = (os.path.abspath(_TEACHER.value) if _TEACHER.value else
+                    train_once(teacher, os.path.join(root, 'teacher')))
+  open_dataset(teacher.data)  # builds the dataset on first use
 
   student = umt_synthetic.get_config(f'teacher={teacher_params},'
                                      f'steps={_DISTILL_STEPS.value}')
   student.data.data_dir = data_dir
   distilled = train_once(student, os.path.join(root, 'distill'))
 
+  finetune = _FINETUNE_STEPS.value
   runs = {'teacher': teacher_params,
-          'Flux-UMT + Flux-Multi': train_once(_finetune_config(data_dir, distilled),
-                                              os.path.join(root, 'finetune')),
-          'scratch Flux-Multi': train_once(_finetune_config(data_dir, ''),
-                                           os.path.join(root, 'scratch'))}
+          f'Flux-UMT {_DISTILL_STEPS.value} + Flux-Multi {finetune}': train_once(
+              _finetune_config(data_dir, distilled, finetune), os.path.join(root, 'finetune'))}
+  scratch = _SCRATCH_STEPS.value or [finetune, _DISTILL_STEPS.value + finetune]
+  for steps in dict.fromkeys(int(s) for s in scratch):
+    runs[f'scratch Flux-Multi {steps}'] = train_once(
+        _finetune_config(data_dir, '', steps), os.path.join(root, f'scratch_{steps}'))
   _, val, _ = open_dataset(teacher.data)
   batch = sharding.batch_sharding(sharding.make_mesh(dict(teacher.mesh)))
   rows = []
@@ -76,6 +89,7 @@ def main(argv):
   print(f'\nsynthetic_motion validation, 8 x 112^2 (chance 16.7%):\n{table}')
   with open(os.path.join(root, 'umt_budgets.md'), 'w') as f:
     f.write(table + '\n')
+  print(f'saved {root}/umt_budgets.md; wall time {time.perf_counter() - t0:.0f} s')
 
 
 if __name__ == '__main__':

@@ -10,7 +10,7 @@ InternVideo2 recipes it extends):
       student FluxViT on the subset -> decoders -> loss 2 - 2cos per token and layer
       (middle) plus 2 - 2cos of the final feature; passes summed
 
-The INFERRED choices are options of `make_distill_step` (config `distill.*`):
+The INFERRED choices are options of `make_distill_parts` (config `distill.*`):
   select_with  'teacher' | 'student': whose patch embeddings the selector scores for the
                teacher set (SPEC D.5 item 2; 'teacher' is the reading given first).
   subset       'attention' (multinomial on the teacher's pooling attention, UMT/IV2
@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from absl import logging
 import jax
@@ -120,18 +120,42 @@ def cosine_loss(student: jax.Array, target: jax.Array,
   return jnp.sum(d * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def make_distill_step(student: DistillStudent, teacher: Teacher,
-                      tx: optax.GradientTransformation, *, t_tokens: int,
-                      s_tokens: Sequence[int], heads: Sequence[int],
-                      subset: str = 'attention', selector: str = 'group_dynamic',
-                      select_with: str = 'teacher', passes: str = 'all',
-                      loss_weights: Sequence[float] = (1.0, 1.0)):
-  """The Flux-UMT step `step(state, tokens, rng, teacher_params) -> (state, metrics)`.
+class Targets(NamedTuple):
+  """What the frozen teacher gives one step: everything the student passes need.
 
-  `teacher_params` is an argument of its own (its own shardings, never in the optimizer
-  state, never differentiated). Metrics: `loss`, `grad_norm`, and per pass j `mid_{j}`,
-  `final_{j}` ('all'), or `pass`, `mid`, `final` of the drawn pass ('one').
+  Attributes:
+    clip: the input TokenBatch (N slots).
+    embeddings: `[B, N, D]` the patch embeddings the teacher set was selected with (the
+      subset selectors score them again).
+    teacher_set: the teacher's K_t tokens gathered from the clip.
+    teacher: the teacher's output on them, `index` into the clip.
   """
+  clip: TokenBatch
+  embeddings: jax.Array
+  teacher_set: TokenBatch
+  teacher: TeacherOutput
+
+
+class DistillParts(NamedTuple):
+  """The two halves of the Flux-UMT step; `make_distill_step` composes them.
+
+  targets(tokens, rng, teacher_params, student_params) -> Targets: selector and frozen
+    teacher, no gradients.
+  learn(state, targets, rng) -> (state, metrics): the student passes, the loss and the
+    update. Apart, they time the step without the teacher (python -m flux_jax.bench
+    distill) or serve teacher targets computed elsewhere.
+  """
+  targets: Callable[..., Targets]
+  learn: Callable[..., tuple[TrainState, dict]]
+
+
+def make_distill_parts(student: DistillStudent, teacher: Teacher,
+                       tx: optax.GradientTransformation, *, t_tokens: int,
+                       s_tokens: Sequence[int], heads: Sequence[int],
+                       subset: str = 'attention', selector: str = 'group_dynamic',
+                       select_with: str = 'teacher', passes: str = 'all',
+                       loss_weights: Sequence[float] = (1.0, 1.0)) -> DistillParts:
+  """The halves of `make_distill_step` (same arguments, checked the same way)."""
   s_tokens, heads = tuple(int(k) for k in s_tokens), tuple(int(h) for h in heads)
   if len(heads) != len(s_tokens):
     raise ValueError(f'distill.heads {heads} needs one head per distill.s_tokens {s_tokens}')
@@ -151,26 +175,28 @@ def make_distill_step(student: DistillStudent, teacher: Teacher,
       raise ValueError(f'distill.{name}={value!r} is not one of {known}')
   w_mid, w_final = (float(w) for w in loss_weights)
 
-  def step(state: TrainState, tokens: TokenBatch, rng: jax.Array, teacher_params):
-    rng = jax.random.fold_in(rng, state.step)
-    select_rng, subset_rng, pass_rng, drop_rng = jax.random.split(rng, 4)
+  def targets(tokens: TokenBatch, rng: jax.Array, teacher_params, student_params) -> Targets:
     chooser_model, chooser_params = ((teacher.model, teacher_params) if select_with ==
-                                     'teacher' else (student.model, state.params))
+                                     'teacher' else (student.model, student_params))
     embeddings = jax.lax.stop_gradient(patch_embeddings(chooser_model, chooser_params,
                                                         tokens))  # [B, N, D]
-    t_index, t_keep = _select(embeddings, tokens, t_tokens, selector, select_rng)
+    t_index, t_keep = _select(embeddings, tokens, t_tokens, selector, rng)
     t_batch = gather_tokens(tokens, t_index, t_keep)  # [B, Kt] slots
-    target = teacher.apply({'params': teacher_params}, t_batch)
+    out = teacher.apply({'params': teacher_params}, t_batch)
     # The teacher saw the gathered set; its index is into the clip from here on.
-    target = target.replace(index=t_index)
-    b = t_index.shape[0]
+    return Targets(tokens, embeddings, t_batch, out.replace(index=t_index))
+
+  def learn(state: TrainState, t: Targets, rng: jax.Array):
+    subset_rng, pass_rng, drop_rng = jax.random.split(rng, 3)
+    target = jax.lax.stop_gradient(t.teacher)
+    b = target.index.shape[0]
 
     def pass_loss(params, j):
-      pos, keep = choose_subset(subset, s_tokens[j], target, tokens, embeddings,
+      pos, keep = choose_subset(subset, s_tokens[j], target, t.clip, t.embeddings,
                                 jax.random.fold_in(subset_rng, j))  # [B, Ks]
       mid, final, _ = student.apply(
-          {'params': params}, gather_tokens(t_batch, pos, keep), head=heads[j], train=True,
-          rngs={'dropout': jax.random.fold_in(drop_rng, j)})  # [L, B, 1 + Ks, Dt]
+          {'params': params}, gather_tokens(t.teacher_set, pos, keep), head=heads[j],
+          train=True, rngs={'dropout': jax.random.fold_in(drop_rng, j)})  # [L, B, 1+Ks, Dt]
       rows = jnp.concatenate([jnp.zeros((b, 1), jnp.int32), pos + 1], axis=1)  # cls first
       t_mid = jnp.take_along_axis(target.layers, rows[None, :, :, None], axis=2)
       mask = jnp.concatenate([jnp.ones((b, 1), bool), keep], axis=1)  # [B, 1 + Ks]
@@ -193,6 +219,26 @@ def make_distill_step(student: DistillStudent, teacher: Teacher,
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
     return apply_gradients(state, tx, grads), metrics
+
+  return DistillParts(targets, learn)
+
+
+def make_distill_step(student: DistillStudent, teacher: Teacher,
+                      tx: optax.GradientTransformation, **options):
+  """The Flux-UMT step `step(state, tokens, rng, teacher_params) -> (state, metrics)`.
+
+  `options`: t_tokens, s_tokens, heads (required), subset, selector, select_with, passes,
+  loss_weights (the module docstring; `make_distill_parts`). `teacher_params` is an
+  argument of its own (its own shardings, never in the optimizer state, never
+  differentiated). Metrics: `loss`, `grad_norm`, and per pass j `mid_{j}`, `final_{j}`
+  ('all'), or `pass`, `mid`, `final` of the drawn pass ('one').
+  """
+  parts = make_distill_parts(student, teacher, tx, **options)
+
+  def step(state: TrainState, tokens: TokenBatch, rng: jax.Array, teacher_params):
+    target_rng, learn_rng = jax.random.split(jax.random.fold_in(rng, state.step))
+    targets = parts.targets(tokens, target_rng, teacher_params, state.params)
+    return parts.learn(state, targets, learn_rng)
 
   return step
 
