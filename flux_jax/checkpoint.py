@@ -149,29 +149,38 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
   return config
 
 
-def load_params(directory: str | os.PathLike) -> tuple[FluxViT, dict]:
+def load_model(directory: str | os.PathLike) -> FluxViT:
+  """The model saved by `save_params`, rebuilt from its config; no params are read."""
+  config = read_config(directory)
+  try:
+    return make_model(config['model'])
+  except (TypeError, ValueError) as e:
+    raise ValueError(f'{directory}: bad model config: {e}') from e
+
+
+def load_params(directory: str | os.PathLike, shardings=None) -> tuple[FluxViT, dict]:
   """Rebuilds the model saved by `save_params` and restores its params.
 
-  Params come back as float32 jax arrays on the first local device, checked leaf by
-  leaf against the shapes of the rebuilt model's init.
+  Params come back as float32 jax arrays, checked leaf by leaf against the shapes of the
+  rebuilt model's init: on the first local device, or, given `shardings` (a tree of
+  `jax.sharding.Sharding` like the params, e.g. `sharding.param_shardings(model, ...)`),
+  each array restored straight into its sharding, every host reading only its shards.
 
   Raises:
     ValueError: the directory is missing, is not a params checkpoint, or its params do
       not match its config.
   """
-  config = read_config(directory)
-  try:
-    model = make_model(config['model'])
-  except (TypeError, ValueError) as e:
-    raise ValueError(f'{directory}: bad model config: {e}') from e
+  model = load_model(directory)
   abstract = abstract_params(model)
+  if shardings is None:
+    shardings = jax.tree.map(
+        lambda _: jax.sharding.SingleDeviceSharding(jax.local_devices()[0]), abstract)
   path = epath.Path(directory)
   with _checkpointer() as ckptr:
     stored = ckptr.metadata(path).item_metadata[PARAMS].tree
     _check_params(abstract, stored, os.fspath(directory))
-    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                          abstract)
+    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          abstract, shardings)
     params = ckptr.restore(path, args=ocp.args.Composite(
         **{PARAMS: ocp.args.StandardRestore(target)}))[PARAMS]
   return model, params

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from flux_jax import sharding
 from flux_jax.checkpoint import load_params, read_config, save_params
 from flux_jax.convert import to_official_state_dict
 from flux_jax.model.fluxvit import init_params, make_model, model_config
@@ -44,6 +45,21 @@ def test_round_trip(tiny, tmp_path):
   assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(got_params))
   assert read_config(tmp_path / 'ckpt') == {'model': model_config(model),
                                             'metadata': {'source': 'x.pth'}}
+
+
+def test_restores_straight_into_the_given_shardings(tiny, tmp_path):
+  # Flux-UMT restores its frozen teacher this way (distill.place_teacher): every array
+  # lands in its NamedSharding on the 2x2x2 mesh, no copy on one device first.
+  model, params = tiny
+  save_params(tmp_path / 'ckpt', params, model_config(model))
+  mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
+  want = sharding.param_shardings(model, mesh)
+  _, got = load_params(tmp_path / 'ckpt', want)
+  _assert_bit_equal(got, params)
+  assert all(x.sharding == s for x, s in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+  split = [x for x in jax.tree.leaves(got) if not x.sharding.is_fully_replicated]
+  assert split  # the tiny model's embed axis (64) shards over fsdp, its mlp over tensor
+  assert all(len(x.devices()) == 8 for x in jax.tree.leaves(got))
 
 
 def test_overwrite(tiny, tmp_path):

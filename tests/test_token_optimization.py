@@ -73,6 +73,26 @@ def test_best_is_top1_among_fitting_grids_ties_to_fewer_gflops():
     to_lib.mark_best([_row(30, 16, 0.5, 1.0)])
 
 
+def test_summary_names_the_plain_fixed_and_best_grid_of_each_budget():
+  def row(budget, t, r, raw, top1, best=False):
+    return dict(budget=budget, frames=t, resolution=r, raw_tokens=raw,
+                tokens=min(budget, raw), top1=top1, gflops=raw / 100, best=best)
+  rows = [row(32, 2, 56, 32, 0.5), row(32, 4, 56, 64, 0.6), row(32, 8, 56, 128, 0.8, True),
+          row(16, 1, 56, 16, 0.2), row(16, 4, 56, 64, 0.7, True), row(16, 8, 56, 128, 0.6)]
+  summary = to_lib.summarize(rows, fixed=(4, 56))
+  assert [s['budget'] for s in summary] == [32, 16]
+  assert [(s['plain'], s['fixed'], s['best']) for s in summary] == [
+      (rows[0], rows[1], rows[2]), (rows[3], rows[4], rows[4])]
+  assert 'fixed' not in to_lib.summarize(rows)[0]
+  with pytest.raises(ValueError, match='budget 32: the fixed grid 1 x 56'):
+    to_lib.summarize(rows, fixed=(1, 56))
+  lines = to_lib.summary_table(summary).splitlines()
+  assert lines[0] == '| budget | plain grid (no TO) | fixed grid | best grid (TO) |'
+  assert lines[2] == ('| 32 | 2 x 56^2, 32 -> 32: 50.0% (0.32) | 4 x 56^2, 64 -> 32: 60.0% '
+                      '(0.64) | 8 x 56^2, 128 -> 32: 80.0% (1.28) |')
+  assert len(lines) == 4
+
+
 def test_search_evaluates_only_fitting_grids_and_writes_results(run, monkeypatch):
   evaluated, evaluate_grid = [], to_lib.evaluate_grid
 

@@ -65,7 +65,7 @@ def main(argv):
   elif argv[1] == 'distill':
     from flux_jax.bench import distill  # pylint: disable=g-import-not-at-top
     if FLAGS.config is None:
-      raise app.UsageError('bench distill needs --config, e.g. configs/umt_synthetic.py')
+      raise app.UsageError('bench distill needs --config, e.g. configs/umt_synthetic.py:teacher=')
     rows, teacher = distill.run(FLAGS.config, FLAGS.batch, FLAGS.repeats, FLAGS.frames,
                                 FLAGS.resolution)
     title = (f'Flux-UMT step of {FLAGS["config"].config_filename}, batch {FLAGS.batch}, teacher '

@@ -1,12 +1,12 @@
 """Flux-UMT step speed and memory, with the frozen teacher and without it.
 
-  python -m flux_jax.bench distill --config configs/umt_synthetic.py [--batch=16] \
+  python -m flux_jax.bench distill --config configs/umt_synthetic.py:teacher= [--batch=16] \
       [--repeats=3] [--frames=8 --resolution=112]
 
 The config's student, teacher model, optimizer and `distill` options, as the train loop
 builds them (`distill.make_distill_parts`); the weights are random (they do not change the
-cost), and a `distill.teacher` checkpoint contributes only its model config. One clip
-grid, padded to `config.n_max`. Rows:
+cost), and a `distill.teacher` checkpoint contributes only its model config (an empty
+one: `distill.teacher_model`). One clip grid, padded to `config.n_max`. Rows:
 
   teacher targets   selector + frozen teacher forward (`DistillParts.targets`)
   student update    the student passes, loss and AdamW update given the targets: the step
@@ -20,13 +20,10 @@ params count in the first and last rows), temporary bytes, and peak = arguments 
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flux_jax import checkpoint
 from flux_jax.bench.forward import compile_and_time, markdown_table
 from flux_jax.model.fluxvit import init_params, make_model
 from flux_jax.tokens import patchify
@@ -35,17 +32,6 @@ from flux_jax.train import loop
 from flux_jax.train.state import TrainState
 
 MIB = 2**20
-
-
-def _teacher_config(cfg) -> tuple[dict, str]:
-  """(model config, description): the checkpoint's model when `cfg.teacher` names one."""
-  path = cfg.teacher
-  if path and os.path.isdir(path):
-    model, source = checkpoint.read_config(path)['model'], f'{path}, model config only'
-  else:
-    model, source = dict(cfg.teacher_model), 'distill.teacher_model'
-  built = make_model(model)
-  return model, f'D{built.embed_dim} x {built.depth} ({source})'
 
 
 def _memory(compiled) -> dict:
@@ -68,10 +54,9 @@ def run(config, batch: int = 16, repeats: int = 3, frames: int | None = None,
     raise ValueError(f"bench distill needs a config with train.mode='distill', got "
                      f'{config.train.mode!r}')
   cfg = config.distill
-  teacher_config, described = _teacher_config(cfg)
-  teacher_model = make_model(teacher_config)
-  if cfg.teacher_dtype:
-    teacher_model = teacher_model.clone(dtype=jnp.dtype(cfg.teacher_dtype))
+  teacher_model = distill.teacher_model(cfg)
+  described = (f"D{teacher_model.embed_dim} x {teacher_model.depth} "
+               f"({cfg.teacher or 'distill.teacher_model'})")
   teacher = distill.make_teacher(cfg, teacher_model)
   model = make_model(config.model)
   student = distill.make_student(cfg, model, teacher)

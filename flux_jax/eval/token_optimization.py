@@ -162,6 +162,40 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
   return '\n'.join(lines)
 
 
+def summarize(rows: Sequence[Mapping[str, Any]],
+              fixed: tuple[int, int] | None = None) -> list[dict]:
+  """Per budget of `search`'s rows: {'budget', 'plain', 'best'} and, given a `fixed`
+  (frames, resolution) grid that was evaluated, 'fixed' (e.g. one test grid reduced to
+  every budget by the selector, SPEC E.3's "w/o TO"); each value is the row."""
+  out = []
+  for budget in dict.fromkeys(r['budget'] for r in rows):
+    of_budget = [r for r in rows if r['budget'] == budget]
+    entry = dict(budget=budget, plain=of_budget[0],  # search puts the plain grid first
+                 best=next(r for r in of_budget if r['best']))
+    if fixed is not None:
+      entry['fixed'] = next((r for r in of_budget if (r['frames'], r['resolution']) == fixed),
+                            None)
+      if entry['fixed'] is None:
+        raise ValueError(f'budget {budget}: the fixed grid {fixed[0]} x {fixed[1]}^2 was '
+                         'not evaluated (it needs at least as many raw tokens as the budget)')
+    out.append(entry)
+  return out
+
+
+def summary_table(summary: Sequence[Mapping[str, Any]]) -> str:
+  """One line per budget of `summarize`: each grid with its top-1 and GFLOPs per view."""
+  def cell(r):
+    return (f"{r['frames']} x {r['resolution']}^2, {r['raw_tokens']} -> {r['tokens']}: "
+            f"{100 * r['top1']:.1f}% ({r['gflops']:.3g})")
+  kinds = [k for k in ('plain', 'fixed', 'best') if k in summary[0]]
+  names = dict(plain='plain grid (no TO)', fixed='fixed grid', best='best grid (TO)')
+  lines = ['| budget | ' + ' | '.join(names[k] for k in kinds) + ' |',
+           '|---' * (1 + len(kinds)) + '|']
+  lines += [f"| {s['budget']} | " + ' | '.join(cell(s[k]) for k in kinds) + ' |'
+            for s in summary]
+  return '\n'.join(lines)
+
+
 def save_plot(rows: Sequence[Mapping[str, Any]], path: str, title: str = '') -> None:
   """Top-1 against GFLOPs: every grid evaluated, the plain grids, the best grids."""
   import matplotlib  # pylint: disable=g-import-not-at-top

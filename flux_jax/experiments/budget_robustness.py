@@ -66,16 +66,11 @@ def run_config(run: str, *, steps: int, size: str, data_dir: str):
 
 def summarize(run: str, rows: list[dict]) -> list[dict]:
   """Per budget: the fixed grid's row (w/o TO) against the best row (TO)."""
-  out = []
-  for budget in dict.fromkeys(r['budget'] for r in rows):
-    of_budget = [r for r in rows if r['budget'] == budget]
-    fixed = next(r for r in of_budget if (r['frames'], r['resolution']) == FIXED)
-    best = next(r for r in of_budget if r['best'])
-    out.append(dict(run=run, budget=budget, fixed_top1=fixed['top1'],
-                    fixed_gflops=fixed['gflops'], to_top1=best['top1'],
-                    to_frames=best['frames'], to_resolution=best['resolution'],
-                    to_raw_tokens=best['raw_tokens'], to_gflops=best['gflops']))
-  return out
+  return [dict(run=run, budget=s['budget'], fixed_top1=s['fixed']['top1'],
+               fixed_gflops=s['fixed']['gflops'], to_top1=s['best']['top1'],
+               to_frames=s['best']['frames'], to_resolution=s['best']['resolution'],
+               to_raw_tokens=s['best']['raw_tokens'], to_gflops=s['best']['gflops'])
+          for s in token_optimization.summarize(rows, FIXED)]
 
 
 def markdown_table(results: list[dict]) -> str:

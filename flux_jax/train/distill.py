@@ -246,22 +246,20 @@ def make_distill_step(student: DistillStudent, teacher: Teacher,
 # ------------------------------------------------------------- From the config --
 
 
-def load_teacher(cfg: Mapping[str, Any]) -> tuple[FluxViT, dict | None]:
-  """The teacher FluxViT and its params (host, first device) from `distill.teacher`.
-
-  An empty `distill.teacher` builds `distill.teacher_model` with no params (the caller
-  initialises it at random: smoke runs and memory checks only). `distill.teacher_dtype`
-  overrides the compute dtype (e.g. bfloat16 for a float32 checkpoint).
-  """
+def teacher_model(cfg: Mapping[str, Any]) -> FluxViT:
+  """The teacher FluxViT: `distill.teacher`'s saved model, or `distill.teacher_model`
+  when `distill.teacher` is empty (random params: smoke runs and memory checks only).
+  `distill.teacher_dtype` overrides the compute dtype (e.g. bfloat16 for a float32
+  checkpoint)."""
   if cfg['teacher']:
-    model, params = checkpoint.load_params(cfg['teacher'])
+    model = checkpoint.load_model(cfg['teacher'])
   else:
-    model, params = make_model(cfg['teacher_model']), None
+    model = make_model(cfg['teacher_model'])
     logging.warning('distill.teacher is empty: distilling from a RANDOM %s teacher',
                     cfg['teacher_model'].get('variant', 'small'))
   if cfg['teacher_dtype']:
     model = model.clone(dtype=jnp.dtype(cfg['teacher_dtype']))
-  return model, params
+  return model
 
 
 def make_teacher(cfg: Mapping[str, Any], model: FluxViT) -> Teacher:
@@ -291,16 +289,17 @@ def make_step_from_config(cfg: Mapping[str, Any], student: DistillStudent, teach
                            loss_weights=cfg['loss_weights'])
 
 
-def place_teacher(cfg: Mapping[str, Any], model: FluxViT, params: dict | None, mesh,
-                  seed: int) -> tuple[dict, Any]:
+def place_teacher(cfg: Mapping[str, Any], model: FluxViT, mesh, seed: int
+                  ) -> tuple[dict, Any]:
   """Teacher params on the mesh under `distill.teacher_rules` (empty: the student's
-  DEFAULT_RULES) and their shardings; params None initialises at random from `seed`."""
+  DEFAULT_RULES) and their shardings: `distill.teacher` restored straight into them (a
+  host reads only its shards), or a random init from `seed` when it is empty."""
   rules = tuple(cfg['teacher_rules']) or sharding.DEFAULT_RULES
   shardings = sharding.param_shardings(model, mesh, rules)
-  if params is None:
+  if not cfg['teacher']:
     return sharding.shard_init(lambda r: init_params(model, r), shardings,
                                jax.random.key(seed)), shardings
-  return jax.device_put(params, shardings), shardings
+  return checkpoint.load_params(cfg['teacher'], shardings)[1], shardings
 
 
 def record_teacher(workdir: str, cfg: Mapping[str, Any], model: FluxViT) -> None:
@@ -335,12 +334,12 @@ def setup(config, model: FluxViT, mesh, workdir: str) -> Distillation:
   """The `train.mode = 'distill'` pieces from the config; checks the teacher against
   the one WORKDIR/teacher.json recorded (resume uses the same teacher)."""
   cfg = config.distill
-  teacher_model, params = load_teacher(cfg)
-  record_teacher(workdir, cfg, teacher_model)
-  teacher = make_teacher(cfg, teacher_model)
-  params, shardings = place_teacher(cfg, teacher_model, params, mesh, config.seed + 2)
+  frozen = teacher_model(cfg)
+  record_teacher(workdir, cfg, frozen)
+  teacher = make_teacher(cfg, frozen)
+  params, shardings = place_teacher(cfg, frozen, mesh, config.seed + 2)
   logging.info('distilling %s from teacher %s (%s)', model.__class__.__name__,
-               cfg.teacher or 'RANDOM', teacher_model.__class__.__name__)
+               cfg.teacher or 'RANDOM', frozen.__class__.__name__)
   return Distillation(make_student(cfg, model, teacher), teacher, params, shardings)
 
 

@@ -1,0 +1,40 @@
+"""`make demo`'s program end to end on the tiny dataset: build, train, Token Optimization."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow  # a Flux-Multi compile and a dozen evaluation programs; make test-slow
+def test_demo_trains_then_prints_and_saves_the_token_optimization_table(tmp_path):
+  workdir = tmp_path / 'demo'
+  done = subprocess.run(
+      [sys.executable, '-m', 'flux_jax.demo', f'--workdir={workdir}', '--size=tiny',
+       '--steps=2', '--frames=4', '--resolutions=56'],
+      cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert 'trained 2 Flux-Multi steps' in done.stdout
+  with open(workdir / 'to' / 'to.json') as f:
+    rows = json.load(f)['rows']
+  # Budgets 256/128/64 (the model's heads). --frames 4 and --resolutions 56 gain the
+  # eval grid's 8 and 112: grids 4x56^2 (64 raw), 8x56^2 (128), 4x112^2 (256), 8x112^2.
+  grids = {b: [(r['frames'], r['resolution']) for r in rows if r['budget'] == b]
+           for b in (256, 128, 64)}
+  assert grids == {256: [(4, 112), (8, 112)],  # plain 4x112^2 is also the first candidate
+                   128: [(2, 112), (8, 56), (4, 112), (8, 112)],
+                   64: [(1, 112), (4, 56), (8, 56), (4, 112), (8, 112)]}
+  assert all(r['videos'] == 12 for r in rows)
+  assert [sum(r['best'] for r in rows if r['budget'] == b) for b in grids] == [1, 1, 1]
+  with open(workdir / 'summary.md') as f:
+    summary = f.read().splitlines()
+  assert summary[0] == '| budget | plain grid (no TO) | fixed grid | best grid (TO) |'
+  assert [line.split(' | ')[0] for line in summary[2:]] == ['| 256', '| 128', '| 64']
+  assert '| 128 | 2 x 112^2, 128 -> 128: ' in summary[3]
+  assert '8 x 112^2, 512 -> 128: ' in summary[3]  # the fixed grid reduced to the budget
+  assert '\n'.join(summary) in done.stdout
+  assert sorted(os.listdir(workdir / 'to')) == ['to.csv', 'to.json', 'to.png']
