@@ -7,6 +7,12 @@ import ml_collections
 ConfigDict = ml_collections.ConfigDict
 
 
+def optional(kind: type):
+  """A field that is None until set, typed `kind` so that the command line and sweeps can
+  set it (`--config.optim.clip_grad=1.0`); a plain None field cannot be overridden."""
+  return ml_collections.config_dict.placeholder(kind)
+
+
 def model(variant: str = 'small', num_classes: int = 400, **overrides) -> ConfigDict:
   """The `config.model` block: a FluxViT variant plus field overrides (see make_model)."""
   return ConfigDict(dict(variant=variant, num_classes=num_classes, **overrides))
@@ -35,6 +41,9 @@ def optim(**kw) -> ConfigDict:
                weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8, layer_decay=0.75,
                clip_grad=None)
   block.update(kw)
+  for key in ('layer_decay', 'clip_grad'):  # None: no layer decay, no clipping
+    if block[key] is None:
+      block[key] = optional(float)
   return ConfigDict(block)
 
 

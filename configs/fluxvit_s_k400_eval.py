@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = common.data('video_csv', 'k400', a['data_dir'])  # see configs/fluxvit_k400.py
   config.eval = ml_collections.ConfigDict(dict(
       frames=a['frames'], resolution=a['resolution'], budget=a['budget'],
-      head=None,  # None: the head whose training budget is nearest (head 1 at 2048)
+      head=common.optional(int),  # None: the head whose training budget is nearest (head 1 at 2048)
       num_clips=4, num_crops=3, batch_size=12))
   config.lock()
   return config

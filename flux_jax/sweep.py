@@ -107,13 +107,14 @@ def _compatible(value: Any, current: Any) -> bool:
   return isinstance(value, type(current))
 
 
-def _lookup(config: ml_collections.ConfigDict, key: str) -> Any:
-  node = config
+def _lookup(config: ml_collections.ConfigDict, key: str) -> tuple[Any, type]:
+  """(value, type) of the field `key`; a None field's type is its placeholder's."""
+  node, kind = config, type(config)
   for part in key.split('.'):
     if not isinstance(node, ml_collections.ConfigDict) or part not in node:
       raise KeyError(key)
-    node = node[part]
-  return node
+    node, kind = node[part], node.get_type(part)
+  return node, kind
 
 
 def validate(sweep: Sweep, where: str) -> None:
@@ -126,14 +127,17 @@ def validate(sweep: Sweep, where: str) -> None:
     for key, value in point.items():
       bad = f'{where}, point {i}: --config.{key}'
       try:
-        current = _lookup(base, key)
+        current, kind = _lookup(base, key)
       except KeyError:
         raise ValueError(f'{bad}: no such key in {sweep.config}') from None
       if isinstance(current, ml_collections.ConfigDict):
         raise ValueError(f'{bad}: is a block; override its fields ({sorted(current)})')
       if current is None:
-        raise ValueError(f'{bad}: the config holds None, which the command line cannot '
-                         'override; give the field a typed default in the config')
+        if kind is type(None):
+          raise ValueError(f'{bad}: the config holds an untyped None, which the command '
+                           'line cannot override; make the field configs.common.optional'
+                           '(type) in the config')
+        current = kind()  # a typed placeholder: its type decides what fits
       if not _compatible(value, current):
         raise ValueError(f'{bad}: {value!r} ({type(value).__name__}) does not fit the '
                          f"config's {current!r} ({type(current).__name__})")
@@ -143,9 +147,10 @@ def validate(sweep: Sweep, where: str) -> None:
       raise ValueError(f'{where}, point {i}: {e}') from e
     for key, value in point.items():
       want = tuple(value) if isinstance(value, list) else value
-      if _lookup(parsed, key) != want:
+      got, _ = _lookup(parsed, key)
+      if got != want:
         raise ValueError(f'{where}, point {i}: --config.{key}={flag_value(value)} parses to '
-                         f'{_lookup(parsed, key)!r}, not {value!r}')
+                         f'{got!r}, not {value!r}')
 
 
 def _short_keys(keys: Sequence[str]) -> dict[str, str]:

@@ -76,7 +76,8 @@ def test_a_one_element_tuple_stays_a_tuple(tmp_path, capsys):
     ({'train.steps': 2.5}, r'point 1: --config\.train\.steps: 2\.5 \(float\)'),
     ({'mixup.enabled': 1}, r'point 1: --config\.mixup\.enabled: 1 \(int\)'),
     ({'train.budgets': (256, 'x')}, r'point 1: --config\.train\.budgets'),
-    ({'optim.clip_grad': 1.0}, r'point 1: --config\.optim\.clip_grad: the config holds None'),
+    ({'optim.clip_grad': 'big'}, r"point 1: --config\.optim\.clip_grad: 'big' \(str\)"),
+    ({'eval.head': 1.5}, r'point 1: --config\.eval\.head: 1\.5 \(float\) does not fit'),
     ({'optim': 1}, r'point 1: --config\.optim: is a block'),
 ])
 def test_bad_override_is_refused_before_any_point_runs(tmp_path, capsys, point, message):
@@ -89,6 +90,29 @@ def test_bad_override_is_refused_before_any_point_runs(tmp_path, capsys, point, 
   assert f'sweep file {path}' in err
   assert re.search(message, err), err
   assert not (tmp_path / 'runs').exists()  # point 0 did not run
+
+
+def test_fields_that_default_to_none_are_typed_and_can_be_swept(tmp_path, capsys):
+  # configs.common.optional: None in the base config, a float or int once overridden.
+  base = sweep.parse_config(DEMO)
+  assert base.optim.clip_grad is None and base.optim.layer_decay is None
+  assert base.eval.head is None
+  point = {'optim.clip_grad': 1, 'optim.layer_decay': 0.75, 'eval.head': 2}
+  lines = run_main(capsys, write_sweep(tmp_path, [point]), '--workdir', 'b')
+  parsed = sweep.parse_config(DEMO, shlex.split(lines[0])[7:])
+  assert (parsed.optim.clip_grad, parsed.optim.layer_decay, parsed.eval.head) == (1.0, 0.75, 2)
+  assert type(parsed.optim.clip_grad) is float and type(parsed.eval.head) is int
+
+
+def test_an_untyped_none_field_is_refused_by_name(tmp_path, capsys):
+  config = tmp_path / 'config.py'
+  config.write_text('import ml_collections\n\n\ndef get_config():\n'
+                    '  return ml_collections.ConfigDict(dict(clip=None, lr=0.1))\n')
+  path = write_sweep(tmp_path, [{'clip': 1.0}], config=str(config))
+  with pytest.raises(SystemExit):
+    sweep.main([path, '--workdir', 'b'])
+  assert ('point 0: --config.clip: the config holds an untyped None'
+          in capsys.readouterr().err)
 
 
 def test_missing_base_config_names_the_sweep_file(tmp_path, capsys):
