@@ -94,20 +94,23 @@ def test_summary_names_the_plain_fixed_and_best_grid_of_each_budget():
 
 
 def test_search_evaluates_only_fitting_grids_and_writes_results(run, monkeypatch):
-  evaluated, evaluate_grid = [], to_lib.evaluate_grid
+  passes, accuracy_by_budget = [], to_lib.accuracy_by_budget
 
   def counting(*args, **kw):
-    evaluated.append((kw['budget'], kw['frames'], kw['resolution']))
-    return evaluate_grid(*args, **kw)
+    passes.append(((kw['frames'], kw['resolution']), tuple(kw['budgets'])))
+    return accuracy_by_budget(*args, **kw)
 
-  monkeypatch.setattr(to_lib, 'evaluate_grid', counting)
+  monkeypatch.setattr(to_lib, 'accuracy_by_budget', counting)
   out = str(run['root'] / 'out')
   with CompileCounter() as compiles:
     rows, paths = to_lib.evaluate_checkpoint(run['ckpt'], out, budgets=[64, 16],
                                              frames=FRAMES, resolutions=RESOLUTIONS)
   # Budget 64: plain 16x28^2 (not a candidate), then 4x56^2. Budget 16: plain 4x28^2 is a
-  # candidate too, then 2x56^2 (32), 4x56^2 (64). 2x28^2 (8 tokens) never fits.
-  assert evaluated == [(64, 16, 28), (64, 4, 56), (16, 4, 28), (16, 2, 56), (16, 4, 56)]
+  # candidate too, then 2x56^2 (32), 4x56^2 (64). 2x28^2 (8 tokens) never fits. Each grid
+  # is decoded in one pass, which serves every budget it fits.
+  assert passes == [((16, 28), (64,)), ((4, 56), (64, 16)), ((4, 28), (16,)),
+                    ((2, 56), (16,))]
+  evaluated = [(64, 16, 28), (64, 4, 56), (16, 4, 28), (16, 2, 56), (16, 4, 56)]
   # 16x28^2 and 4x56^2 both keep all 64 tokens: one program serves both.
   assert compiles.count <= 4
   model = run['model']

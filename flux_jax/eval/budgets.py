@@ -1,4 +1,4 @@
-"""Accuracy of one sampling grid at one or more token budgets: the deployment curve."""
+"""Accuracy of one sampling grid at several token budgets, one pass over the data."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Sequence
 
 import jax
 
-from flux_jax.eval.multiview import evaluate_dataset
+from flux_jax.eval.multiview import evaluate_each, views
 from flux_jax.model.fluxvit import FluxViT
 from flux_jax.tokens.plan import FluxPlan
 from flux_jax.tokens.select import keeps_all
@@ -21,40 +21,39 @@ def _eval_step(model: FluxViT, budget: int | None, head: int):
   return jax.jit(make_eval_step(model, budget=budget, head=head))
 
 
-def evaluate_grid(model: FluxViT, params, source, *, budget: int, frames: int,
-                  resolution: int, batch_size: int, sharding: jax.sharding.Sharding,
-                  num_clips: int = 1, num_crops: int = 1) -> dict:
-  """Multi-view top-1/top-5 of `frames x resolution^2` views reduced to `budget` tokens.
-
-  The head is the one whose training budget is nearest to the tokens kept. One compile
-  per (raw tokens, kept tokens, head).
-
-  Returns:
-    dict(budget, frames, resolution, raw_tokens, tokens (kept), head, top1, top5, videos).
-  """
-  raw = FluxPlan(frames, resolution).num_tokens(model.patch_size, model.tubelet_size)
-  head = model.nearest_head(budget, raw)
-  # A budget >= raw keeps every token, as None does: grids of equal size share a step.
-  step = _eval_step(model, None if keeps_all(budget, raw) else budget, head)
-  result = evaluate_dataset(step, params, source, model=model, frames=frames,
-                            resolution=resolution, batch_size=batch_size, sharding=sharding,
-                            num_clips=num_clips, num_crops=num_crops)
-  return dict(budget=budget, frames=frames, resolution=resolution, raw_tokens=raw,
-              tokens=min(budget, raw), head=head, **result)
-
-
 def accuracy_by_budget(model: FluxViT, params, source, *, budgets: Sequence[int],
                        frames: int, resolution: int, batch_size: int,
                        sharding: jax.sharding.Sharding, num_clips: int = 1,
                        num_crops: int = 1) -> list[dict]:
-  """`evaluate_grid` of one grid at each budget, in order."""
-  return [evaluate_grid(model, params, source, budget=budget, frames=frames,
-                        resolution=resolution, batch_size=batch_size, sharding=sharding,
-                        num_clips=num_clips, num_crops=num_crops) for budget in budgets]
+  """Multi-view top-1/top-5 of `frames x resolution^2` views reduced to each budget.
+
+  One pass over `source` serves every budget: each video is decoded once. The head of a
+  budget is the one whose training budget is nearest to the tokens kept. One compile
+  per (raw tokens, kept tokens, head), cached across calls.
+
+  Returns:
+    per budget, in order: dict(budget, frames, resolution, raw_tokens, tokens (kept),
+    head, top1, top5, videos).
+  """
+  raw = FluxPlan(frames, resolution).num_tokens(model.patch_size, model.tubelet_size)
+  programs = {}  # budget -> (budget the step keeps, head)
+  for budget in budgets:
+    # A budget >= raw keeps every token, as None does: such budgets share a step.
+    programs[budget] = (None if keeps_all(budget, raw) else budget,
+                        model.nearest_head(budget, raw))
+  results = evaluate_each(
+      {key: functools.partial(_eval_step(model, *key), params)
+       for key in dict.fromkeys(programs.values())},
+      views(source, model=model, frames=frames, resolution=resolution,
+            batch_size=batch_size, sharding=sharding, num_clips=num_clips,
+            num_crops=num_crops))
+  return [dict(budget=budget, frames=frames, resolution=resolution, raw_tokens=raw,
+               tokens=min(budget, raw), head=programs[budget][1], **results[programs[budget]])
+          for budget in budgets]
 
 
 def markdown_table(rows: Sequence[dict], *, name: str | None = None) -> str:
-  """Rows of `evaluate_grid` as a markdown table; `name` adds a leading 'model' column
+  """Rows of `accuracy_by_budget` as a markdown table; `name` adds a leading 'model' column
   (each row's `name` value)."""
   head = ['budget', 'tokens kept / raw', 'head', 'top-1', 'top-5', 'videos']
   lines = ['| ' + ' | '.join((['model'] if name else []) + head) + ' |',

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterable
+from typing import Callable, Hashable, Iterable, Mapping
 
 import jax
 from jax.experimental import multihost_utils
@@ -49,23 +49,40 @@ class ViewAggregator:
     return {'top1': top1, 'top5': top5, 'videos': len(videos)}
 
 
+def evaluate_each(steps: Mapping[Hashable, Callable[[TokenBatch], dict]],
+                  batches: Iterable[TokenBatch]) -> dict[Hashable, dict]:
+  """`evaluate` of several steps in one pass over `batches`: every batch is decoded once
+  and serves them all (e.g. one grid at several budgets). Results by the steps' keys."""
+  aggs = {key: ViewAggregator() for key in steps}
+  for tokens in batches:
+    labels, index, view = (to_host(x) for x in (tokens.label, tokens.video_index, tokens.view))
+    for key, step in steps.items():
+      aggs[key].add(to_host(step(tokens)['probs']), labels, index, view)
+  return {key: agg.result() for key, agg in aggs.items()}
+
+
 def evaluate(step: Callable[[TokenBatch], dict], batches: Iterable[TokenBatch]) -> dict:
   """Runs `step(tokens) -> {'probs': [B, C]}` over every batch and aggregates views."""
-  agg = ViewAggregator()
-  for tokens in batches:
-    out = step(tokens)
-    agg.add(to_host(out['probs']), to_host(tokens.label), to_host(tokens.video_index),
-            to_host(tokens.view))
-  return agg.result()
+  return evaluate_each({0: step}, batches)[0]
+
+
+def views(source, *, model: FluxViT, frames: int, resolution: int, batch_size: int,
+          sharding: jax.sharding.Sharding, num_clips: int = 1,
+          num_crops: int = 1) -> Iterable[TokenBatch]:
+  """Global batches of every view of every video of `source` (SPEC C.7), this process's
+  share decoded here."""
+  ds = pipeline.eval_dataset(source, frames=frames, resolution=resolution,
+                             batch_size=batch_size, num_clips=num_clips, num_crops=num_crops,
+                             patch_size=model.patch_size, tubelet_size=model.tubelet_size,
+                             process_index=jax.process_index(),
+                             process_count=jax.process_count())
+  return global_batches(ds, sharding)
 
 
 def evaluate_dataset(step: Callable, params, source, *, model: FluxViT, frames: int,
                      resolution: int, batch_size: int, sharding: jax.sharding.Sharding,
                      num_clips: int = 1, num_crops: int = 1) -> dict:
   """Multi-view accuracy of `step(params, tokens)` on every video of `source`."""
-  ds = pipeline.eval_dataset(source, frames=frames, resolution=resolution,
-                             batch_size=batch_size, num_clips=num_clips, num_crops=num_crops,
-                             patch_size=model.patch_size, tubelet_size=model.tubelet_size,
-                             process_index=jax.process_index(),
-                             process_count=jax.process_count())
-  return evaluate(functools.partial(step, params), global_batches(ds, sharding))
+  return evaluate(functools.partial(step, params), views(
+      source, model=model, frames=frames, resolution=resolution, batch_size=batch_size,
+      sharding=sharding, num_clips=num_clips, num_crops=num_crops))

@@ -30,7 +30,7 @@ import jax
 from flux_jax import checkpoint
 from flux_jax import sharding as sharding_lib
 from flux_jax.data.sources import open_dataset
-from flux_jax.eval.budgets import evaluate_grid
+from flux_jax.eval.budgets import accuracy_by_budget
 from flux_jax.eval.flops import gflops
 from flux_jax.model.fluxvit import FluxViT
 from flux_jax.tokens.plan import FluxPlan
@@ -121,11 +121,12 @@ def search(model: FluxViT, params, source, *, budgets: Sequence[int],
       budget are never evaluated for it.
     plain_resolution: resolution of the grid without TO (`plain_grid`).
     batch_size, sharding, num_clips, num_crops: multi-view evaluation (SPEC C.7).
-    progress: called with each row when it is done.
+    progress: called with each row when it is done (grid by grid).
 
   Returns:
     rows (module docstring), per budget the plain grid first, then the other grids by
-    raw tokens; one compile and one pass over `source` per row.
+    raw tokens. Each grid's views are decoded once, in one pass over `source` that
+    serves every budget it fits; one compile per (raw, kept tokens, head).
 
   Raises:
     ValueError: an empty or non-positive list, a resolution that is not a multiple of
@@ -133,22 +134,26 @@ def search(model: FluxViT, params, source, *, budgets: Sequence[int],
   """
   _check_args(model, budgets, frames, resolutions, plain_resolution)
   p, tubelet = model.patch_size, model.tubelet_size
-  rows = []
+  order, by_grid = [], {}  # (budget, grid) in row order; grid -> its budgets
   for budget in budgets:
     plain = plain_grid(budget, resolution=plain_resolution, patch_size=p,
                        tubelet_size=tubelet)
     grids = candidate_grids(budget, frames=frames, resolutions=resolutions, patch_size=p,
                             tubelet_size=tubelet)
-    for t, r in dict.fromkeys([plain, *grids]):
-      row = evaluate_grid(model, params, source, budget=budget, frames=t, resolution=r,
-                          batch_size=batch_size, sharding=sharding, num_clips=num_clips,
-                          num_crops=num_crops)
+    for grid in dict.fromkeys([plain, *grids]):
+      order.append((budget, grid))
+      by_grid.setdefault(grid, []).append(budget)
+  done = {}
+  for (t, r), grid_budgets in by_grid.items():  # one pass over `source` per grid
+    for row in accuracy_by_budget(model, params, source, budgets=grid_budgets, frames=t,
+                                  resolution=r, batch_size=batch_size, sharding=sharding,
+                                  num_clips=num_clips, num_crops=num_crops):
       row.update(gflops=gflops(model, row['tokens'], row['raw_tokens']),
-                 to=row['raw_tokens'] > budget, best=False)
-      rows.append({k: row[k] for k in FIELDS})
+                 to=row['raw_tokens'] > row['budget'], best=False)
+      done[row['budget'], (t, r)] = {k: row[k] for k in FIELDS}
       if progress is not None:
-        progress(rows[-1])
-  return mark_best(rows)
+        progress(done[row['budget'], (t, r)])
+  return mark_best([done[key] for key in order])
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
