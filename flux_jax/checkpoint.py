@@ -44,6 +44,13 @@ CHECKPOINTS = 'checkpoints'  # the CheckpointManager's folder inside a workdir
 _MAX_LISTED = 8  # per kind of mismatch in error messages
 
 
+def _absolute(directory: str | os.PathLike) -> epath.Path:
+  """orbax refuses relative paths: a relative local path is taken from the working
+  directory (gs:// and other absolute paths pass unchanged)."""
+  path = epath.Path(directory)
+  return path if path.is_absolute() else epath.Path(os.path.abspath(os.fspath(directory)))
+
+
 def _registry() -> ocp.DefaultCheckpointHandlerRegistry:
   """The handlers of every item flux_jax writes, by item name."""
   registry = ocp.DefaultCheckpointHandlerRegistry()
@@ -112,7 +119,7 @@ def save_params(directory: str | os.PathLike, params, model_config: Mapping[str,
     ValueError: the directory holds files and `overwrite` is False, the params do not
       match the config, or the config or metadata is not JSON-serializable.
   """
-  path = epath.Path(directory)
+  path = _absolute(directory)
   if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
     raise ValueError(f'{directory}: exists and is not an empty directory; pass '
                      'overwrite=True to replace it')
@@ -133,7 +140,7 @@ def save_params(directory: str | os.PathLike, params, model_config: Mapping[str,
 
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
   """The JSON of a params checkpoint: {'model': model config, 'metadata': {...}}."""
-  path = epath.Path(directory)
+  path = _absolute(directory)
   if not path.is_dir():
     raise ValueError(f'{directory}: no such checkpoint directory')
   if not (path / CONFIG).is_dir() or not (path / PARAMS).is_dir():
@@ -175,7 +182,7 @@ def load_params(directory: str | os.PathLike, shardings=None) -> tuple[FluxViT, 
   if shardings is None:
     shardings = jax.tree.map(
         lambda _: jax.sharding.SingleDeviceSharding(jax.local_devices()[0]), abstract)
-  path = epath.Path(directory)
+  path = _absolute(directory)
   with _checkpointer() as ckptr:
     stored = ckptr.metadata(path).item_metadata[PARAMS].tree
     _check_params(abstract, stored, os.fspath(directory))
@@ -213,7 +220,7 @@ class TrainCheckpointer:
                async_save: bool = True):
     if keep < 1 or save_every < 1:
       raise ValueError(f'{workdir}: keep={keep} and save_every={save_every} must be >= 1')
-    self.directory = epath.Path(workdir) / CHECKPOINTS
+    self.directory = _absolute(workdir) / CHECKPOINTS
     policies = ocp.checkpoint_managers
     options = ocp.CheckpointManagerOptions(
         save_decision_policy=policies.AnySavePolicy([

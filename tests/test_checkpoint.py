@@ -62,6 +62,15 @@ def test_restores_straight_into_the_given_shardings(tiny, tmp_path):
   assert all(len(x.devices()) == 8 for x in jax.tree.leaves(got))
 
 
+def test_relative_paths_work(tiny, tmp_path, monkeypatch):
+  # orbax wants absolute paths; `--checkpoint workdir/demo/train/params` is relative.
+  model, params = tiny
+  monkeypatch.chdir(tmp_path)
+  save_params('runs/params', params, model_config(model))
+  _assert_bit_equal(load_params('runs/params')[1], params)
+  assert read_config('runs/params')['model'] == model_config(model)
+
+
 def test_overwrite(tiny, tmp_path):
   model, params = tiny
   (tmp_path / 'empty').mkdir()

@@ -74,9 +74,10 @@ def _assert_same_batch(got, want):
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
 
 
-def test_keep_latest_and_save_every(mesh, source, tmp_path):
+def test_keep_latest_and_save_every(mesh, source, tmp_path, monkeypatch):
   state, it = _state(mesh), _iterator(source)
-  with TrainCheckpointer(tmp_path, keep=1, save_every=2) as ckpt:
+  monkeypatch.chdir(tmp_path.parent)  # a relative workdir (orbax itself wants absolute)
+  with TrainCheckpointer(tmp_path.name, keep=1, save_every=2) as ckpt:
     assert ckpt.latest_step() is None
     assert ckpt.save(2, state, it)
     assert not ckpt.save(3, state, it)  # not due
