@@ -36,8 +36,8 @@ def get_config(arg: str | None = None):
   config.optim = common.optim(lr=1e-3, scale_lr=False, min_lr=1e-5, warmup_lr=1e-5,
                               warmup_epochs=0.5, weight_decay=0.05, layer_decay=None)
   config.eval = common.ConfigDict(dict(every_steps=200, frames=8, resolution=112, budget=256,
-                                       head=common.optional(int), num_clips=1, num_crops=1, batch_size=32,
-                                       budgets=(256, 128, 64)))
+                                       head=common.optional(int), num_clips=1, num_crops=1,
+                                       batch_size=32, budgets=(256, 128, 64)))
   config.mesh = common.mesh()
   config.checkpoint = common.ConfigDict(dict(every_steps=200, keep=2))
   config.lock()

@@ -10,7 +10,8 @@
    the full, 1/2 and 1/4 budgets, every grid of --frames x --resolutions with enough raw
    tokens, beside the plain grid (whole 112^2 frames up to the budget). Prints the table
    and, per budget, the plain grid, the fixed 8 x 112^2 evaluation grid reduced by the
-   selector and the best grid; saves WORKDIR/to/to.{csv,json,png} and WORKDIR/summary.md. Chance is 1/6.
+   selector and the best grid; saves WORKDIR/to/to.{csv,json,png} and WORKDIR/summary.md.
+   Chance is 1/6.
 """
 
 from __future__ import annotations

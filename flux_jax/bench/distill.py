@@ -61,10 +61,7 @@ def run(config, batch: int = 16, repeats: int = 3, frames: int | None = None,
   model = make_model(config.model)
   student = distill.make_student(cfg, model, teacher)
   tx = loop.make_tx(config, model, total=100, warmup=10)
-  parts = distill.make_distill_parts(
-      student, teacher, tx, t_tokens=int(cfg.t_tokens), s_tokens=cfg.s_tokens,
-      heads=cfg.heads, subset=cfg.subset, selector=cfg.selector,
-      select_with=cfg.select_with, passes=cfg.passes, loss_weights=cfg.loss_weights)
+  parts = distill.make_distill_parts(student, teacher, tx, **distill.step_options(cfg))
   step = distill.make_step_from_config(cfg, student, teacher, tx)
 
   frames = frames or config.eval.frames

@@ -29,7 +29,6 @@ from absl import flags
 from absl import logging
 
 from configs import synthetic_demo
-from flux_jax.data.sources import open_dataset
 from flux_jax.data.synthetic import NUM_CLASSES
 from flux_jax.eval import budgets as budget_eval
 from flux_jax.eval import token_optimization
@@ -111,7 +110,6 @@ def main(argv):
   results = []
   for run, name in RUNS.items():
     config = run_config(run, steps=_STEPS.value, size=_SIZE.value, data_dir=data_dir)
-    open_dataset(config.data)  # builds the dataset on first use
     params = train_once(config, os.path.join(root, run))
     rows, _ = token_optimization.evaluate_checkpoint(
         params, os.path.join(root, run, 'to'), frames=frames, resolutions=resolutions,

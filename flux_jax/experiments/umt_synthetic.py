@@ -61,7 +61,7 @@ def main(argv):
   teacher.data.data_dir = data_dir
   teacher_params = (os.path.abspath(_TEACHER.value) if _TEACHER.value else
                     train_once(teacher, os.path.join(root, 'teacher')))
-  open_dataset(teacher.data)  # builds the dataset on first use
+  _, val, _ = open_dataset(teacher.data)  # builds the dataset on first use
 
   student = umt_synthetic.get_config(f'teacher={teacher_params},'
                                      f'steps={_DISTILL_STEPS.value}')
@@ -76,7 +76,6 @@ def main(argv):
   for steps in dict.fromkeys(int(s) for s in scratch):
     runs[f'scratch Flux-Multi {steps}'] = train_once(
         _finetune_config(data_dir, '', steps), os.path.join(root, f'scratch_{steps}'))
-  _, val, _ = open_dataset(teacher.data)
   batch = sharding.batch_sharding(sharding.make_mesh(dict(teacher.mesh)))
   rows = []
   for name, path in runs.items():

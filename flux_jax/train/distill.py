@@ -280,13 +280,17 @@ def make_student(cfg: Mapping[str, Any], model: FluxViT, teacher: Teacher) -> Di
                         cfg['final_decoder'])
 
 
+def step_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+  """The `make_distill_parts` / `make_distill_step` options of a `config.distill` block."""
+  return dict(t_tokens=int(cfg['t_tokens']), s_tokens=cfg['s_tokens'], heads=cfg['heads'],
+              subset=cfg['subset'], selector=cfg['selector'],
+              select_with=cfg['select_with'], passes=cfg['passes'],
+              loss_weights=cfg['loss_weights'])
+
+
 def make_step_from_config(cfg: Mapping[str, Any], student: DistillStudent, teacher: Teacher,
                           tx: optax.GradientTransformation):
-  return make_distill_step(student, teacher, tx, t_tokens=int(cfg['t_tokens']),
-                           s_tokens=cfg['s_tokens'], heads=cfg['heads'],
-                           subset=cfg['subset'], selector=cfg['selector'],
-                           select_with=cfg['select_with'], passes=cfg['passes'],
-                           loss_weights=cfg['loss_weights'])
+  return make_distill_step(student, teacher, tx, **step_options(cfg))
 
 
 def place_teacher(cfg: Mapping[str, Any], model: FluxViT, mesh, seed: int
