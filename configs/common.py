@@ -14,8 +14,14 @@ def optional(kind: type):
 
 
 def model(variant: str = 'small', num_classes: int = 400, **overrides) -> ConfigDict:
-  """The `config.model` block: a FluxViT variant plus field overrides (see make_model)."""
-  return ConfigDict(dict(variant=variant, num_classes=num_classes, **overrides))
+  """The `config.model` block: a FluxViT variant plus field overrides (see make_model).
+
+  `attention` ('auto', 'xla', 'chunked', 'splash', 'cudnn') and `remat` ('none', 'full',
+  'dots_saveable', 'dots_with_no_batch_dims_saveable') are always present, so the command
+  line can set them (`--config.model.attention=chunked`).
+  """
+  return ConfigDict(dict(variant=variant, num_classes=num_classes,
+                         **{'attention': 'auto', 'remat': 'none', **overrides}))
 
 
 def data(name: str, config: str, data_dir: str = '~/tensorflow_datasets', **kw) -> ConfigDict:

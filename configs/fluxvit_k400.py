@@ -32,7 +32,7 @@ def get_config(arg: str | None = None):
   config.seed = 0
   config.init = ''  # a flux_jax checkpoint directory (python -m flux_jax.convert) or ''
   config.model = common.model(a['variant'], num_classes=400, drop_path_rate=0.1,
-                              dtype='bfloat16', remat=True)
+                              dtype='bfloat16', remat='full', attention='auto')
   config.data = common.data('video_csv', 'k400', a['data_dir'], num_sample=2, workers=8)
   config.flux = common.flux()
   config.n_max = 6144
@@ -48,7 +48,7 @@ def get_config(arg: str | None = None):
   config.mesh = common.mesh()
   config.checkpoint = common.ConfigDict(dict(every_steps=1000, keep=3))
   if a['runlocal']:  # a shape check on one machine
-    config.model.variant, config.model.dtype, config.model.remat = 'tiny', 'float32', False
+    config.model.variant, config.model.dtype, config.model.remat = 'tiny', 'float32', 'none'
     config.train.steps, config.train.global_batch_size = 2, 4
   config.lock()
   return config

@@ -52,7 +52,7 @@ def get_config(arg: str | None = None):
   config.seed = 0
   config.init = ''
   config.model = common.model('small', num_classes=a['classes'], drop_path_rate=0.05,
-                              dtype='bfloat16', remat=True)
+                              dtype='bfloat16', remat='full', attention='auto')
   config.data = common.data('video_csv', a['dataset'], a['data_dir'], workers=8)
   config.flux = common.flux(frames=(6, 26, 2), resolutions=(140, 266, 28), min_tokens=2048,
                             max_tokens=6144)
@@ -74,7 +74,7 @@ def get_config(arg: str | None = None):
   config.mesh = common.mesh()
   config.checkpoint = common.ConfigDict(dict(every_steps=1000, keep=3))
   if a['runlocal']:
-    config.model.update(variant='tiny', dtype='float32', remat=False, pos_grid=(4, 4, 4))
+    config.model.update(variant='tiny', dtype='float32', remat='none', pos_grid=(4, 4, 4))
     config.distill.update(teacher='', teacher_dtype='', teacher_model=common.model(
         'tiny', num_classes=1), teacher_layers=(1, 0), student_layers=(1, 0), t_tokens=48,
                           s_tokens=(48, 32, 16))

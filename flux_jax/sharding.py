@@ -11,7 +11,8 @@ Every parameter and every activation that crosses a block carries logical axis n
                                                weight is split over fsdp and gathered
                                                per use
   mlp                       'tensor'           Megatron MLP: fc1 columns, fc2 rows
-  heads, joined_kv          'tensor'           attention and pooling split by head
+  heads, joined_kv,         'tensor'           attention and pooling split by head (the
+  activation_heads                             splash kernel's shard_map follows it)
   everything else           replicated         kv, qkv, patch, pos_t/h/w (small), classes
                                                (the classifier is <0.5M params; whole
                                                logits keep the softmax local),
@@ -25,6 +26,7 @@ clip_embed x clip_embed kernel) is sharded at its first dimension only.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable, Mapping, Sequence
 
@@ -33,6 +35,7 @@ import flax.linen as nn
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from flux_jax.model import attention
 from flux_jax.model import layers
 from flux_jax.model.fluxvit import FluxViT, abstract_params, param_specs
 
@@ -49,6 +52,7 @@ DEFAULT_RULES: Rules = (
     (layers.MLP, 'tensor'),
     (layers.HEADS, 'tensor'),
     (layers.JOINED_KV, 'tensor'),
+    (attention.ACTIVATION_HEADS, 'tensor'),
 )
 
 
@@ -178,6 +182,22 @@ def logical_shardings(logical_specs, abstract_tree, mesh: jax.sharding.Mesh,
   return out
 
 
+@contextlib.contextmanager
+def tracing_context(mesh: jax.sharding.Mesh, rules: Sequence[Sequence[Any]] = DEFAULT_RULES):
+  """The mesh and logical rules while a sharded step is traced and lowered.
+
+  Inside it attention='auto'/'splash' sees the mesh's platform and runs the splash
+  kernel under `jax.shard_map`, batch and heads split as the rules split
+  'activation_batch' and 'activation_heads'. Batches traced inside must divide them.
+  """
+  def axes(name):
+    entry = logical_to_mesh_spec(P(name), rules)[0]
+    return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+  with jax.set_mesh(mesh), attention.mesh_axes(axes('activation_batch'),
+                                                axes(attention.ACTIVATION_HEADS)):
+    yield
+
+
 def param_shardings(model: FluxViT, mesh: jax.sharding.Mesh,
                     rules: Sequence[Sequence[Any]] = DEFAULT_RULES) -> dict:
   """NamedSharding of every parameter of `model`, following `rules` where divisible."""
@@ -204,6 +224,35 @@ def initialize_distributed(multihost: bool) -> None:
   jax.distributed.initialize()
   logging.info('process %d of %d: %d local devices, %d in all', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+# --accelerator: the platform a launcher expects, and the jax extras that provide it.
+ACCELERATOR_EXTRAS = {'tpu': ('tpu',), 'gpu': ('cuda12', 'cuda13')}
+
+
+def start(multihost: bool, accelerator: str = '') -> str:
+  """An entry point's first call: joins the job, logs where jax runs, and refuses to go on
+  when the launcher asked for `accelerator` ('tpu', 'gpu'; '' accepts any) and jax found
+  another platform (a venv without the accelerator's jax trains on the CPU, slowly).
+  Returns the platform.
+  """
+  if accelerator and accelerator not in ACCELERATOR_EXTRAS:
+    raise ValueError(f'--accelerator={accelerator!r} is not one of '
+                     f'{sorted(ACCELERATOR_EXTRAS)} (or empty for any)')
+  initialize_distributed(multihost)
+  platform = jax.default_backend()
+  logging.info('jax %s on %s (%s): process %d of %d, %d local devices, %d in all',
+               jax.__version__, platform, jax.devices()[0].device_kind, jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+  if accelerator and platform != accelerator:
+    extras = ACCELERATOR_EXTRAS[accelerator]
+    raise RuntimeError(
+        f'--accelerator={accelerator} but jax runs on {platform} '
+        f'({jax.device_count()} {platform} devices): this environment has jax without its '
+        f'{accelerator.upper()} plugin. Install the pinned jax with it: make clean && make '
+        f'.venv/.base ACCEL={extras[0]} (pip install "jax[{extras[0]}]=={jax.__version__}"'
+        + (f', or ACCEL={extras[1]}' if len(extras) > 1 else '') + ')')
+  return platform
 
 
 def shard_init(init_fn: Callable[..., Any], shardings: Any, *args) -> Any:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flux_jax.model import attention as attention_lib
 from flux_jax.model import layers
 from flux_jax.model import posemb
 from flux_jax.model.layers import EMBED, POS_H, POS_T, POS_W
@@ -82,7 +83,12 @@ class FluxViT(nn.Module):
       small model trained from scratch learns frame order slowly or not at all: on
       synthetic_motion it stayed order-blind at 1 and learned direction at 5.
     dtype: compute dtype; params are float32, norms and pooling statistics float32.
-    remat: rematerialize blocks in the backward pass.
+    remat: what the backward pass keeps of each block: 'none', 'full' (recompute the
+      block), 'dots_saveable', 'dots_with_no_batch_dims_saveable' (layers.REMAT_POLICIES);
+      True / False mean 'full' / 'none'.
+    attention: the blocks' attention implementation, 'auto' (the platform's fused kernel),
+      'xla', 'chunked', 'splash' or 'cudnn' (flux_jax.model.attention); all compute the
+      same function.
     dual_norm_in_patch_embed, use_gpe_proj, use_lpe: the official FluxViT flags (SPEC
       A.1); all False is the InternVideo2 ViT (SPEC D.2).
   """
@@ -104,7 +110,8 @@ class FluxViT(nn.Module):
   layerscale_init: float = 1e-5
   pos_temporal_scale: float = 1.0
   dtype: Any = jnp.float32
-  remat: bool = False
+  remat: bool | str = 'none'
+  attention: str = 'auto'
   dual_norm_in_patch_embed: bool = True
   use_gpe_proj: bool = True
   use_lpe: bool = True
@@ -182,13 +189,13 @@ class FluxViT(nn.Module):
     x = nn.with_logical_constraint(x, ('activation_batch', 'activation_length',
                                        'activation_embed'))
 
-    block = nn.remat(layers.Block, static_argnums=(3,)) if self.remat else layers.Block
+    block = layers.remat_block(layers.Block, self.remat)
     rates = np.linspace(0.0, self.drop_path_rate, self.depth)
     returned = {}
     for i in range(self.depth):
       x = block(self.num_heads, int(d * self.mlp_ratio), self.mlp_activation, i,
                 float(rates[i]), self.layerscale_init, self.dtype, self.use_lpe,
-                name=f'blocks_{i}')(x, mask, not train)
+                self.attention, name=f'blocks_{i}')(x, mask, not train)
       if i in return_layers:
         returned[i] = x
     # No final norm: the pooling LayerNorms normalize (SPEC F.2).
@@ -254,7 +261,10 @@ def make_model(config: Mapping[str, Any]) -> FluxViT:
     raise ValueError(f'mlp_activation {model.mlp_activation!r} is not gelu_tanh or gelu')
   if model.selector not in SELECTORS:
     raise ValueError(f'selector {model.selector!r} is not one of {SELECTORS}')
-  return model
+  if model.attention not in attention_lib.IMPLEMENTATIONS:
+    raise ValueError(f'model.attention={model.attention!r} is not one of '
+                     f'{attention_lib.IMPLEMENTATIONS}')
+  return model.clone(remat=layers.remat_policy_name(model.remat))
 
 
 def dummy_tokens(model: FluxViT, batch_size: int = 1, grid: tuple[int, int, int] = (2, 2, 2),

@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flux_jax.model import attention as attention_lib
+
 Dtype = Any
 
 # Logical axis names of parameters.
@@ -142,12 +144,14 @@ class PatchEmbed(nn.Module):
 class Attention(nn.Module):
   """MHSA with qk-RMSNorm over all heads jointly and LPE on V (SPEC B.5).
 
-  `use_lpe=False` drops the LPE (InternVideo2 blocks, SPEC D.2).
+  `use_lpe=False` drops the LPE (InternVideo2 blocks, SPEC D.2). `attention` is the
+  implementation (flux_jax.model.attention): all compute the same function.
   """
   num_heads: int
   layer_index: int = 0
   dtype: Dtype = jnp.float32
   use_lpe: bool = True
+  attention: str = 'xla'
 
   @nn.compact
   def __call__(self, x, mask):  # x [B, N, D], mask [B, N]
@@ -158,7 +162,8 @@ class Attention(nn.Module):
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, NH, HD]
     q = rms_norm((HEADS, KV), axes=(-2, -1), dtype=self.dtype, name='q_norm')(q)
     k = rms_norm((HEADS, KV), axes=(-2, -1), dtype=self.dtype, name='k_norm')(k)
-    a = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])  # [B, N, NH, HD]
+    a = attention_lib.dot_product_attention(q, k, v, mask,
+                                            implementation=self.attention)  # [B, N, NH, HD]
     if self.use_lpe:
       a = a + ChannelAffine((HEADS, KV), name='lpe')(v)
     out_init = trunc_normal(0.02 / (2.0 * (self.layer_index + 1)) ** 0.5)  # fix_init_weight
@@ -191,18 +196,47 @@ class Block(nn.Module):
   layerscale_init: float = 1e-5
   dtype: Dtype = jnp.float32
   use_lpe: bool = True
+  attention: str = 'xla'
 
   @nn.compact
   def __call__(self, x, mask, deterministic: bool = True):
     y = rms_norm((EMBED,), dtype=self.dtype, name='norm1')(x)
-    y = Attention(self.num_heads, self.layer_index, self.dtype, self.use_lpe, name='attn')(
-        y, mask)
+    y = Attention(self.num_heads, self.layer_index, self.dtype, self.use_lpe, self.attention,
+                  name='attn')(y, mask)
     y = LayerScale(self.layerscale_init, name='ls1')(y)
     x = x + DropPath(self.drop_path)(y, deterministic)
     y = rms_norm((EMBED,), dtype=self.dtype, name='norm2')(x)
     y = Mlp(self.mlp_hidden, self.activation, self.layer_index, self.dtype, name='mlp')(y)
     y = LayerScale(self.layerscale_init, name='ls2')(y)
     return x + DropPath(self.drop_path)(y, deterministic)
+
+
+# model.remat: which activations of a block the backward pass keeps; the rest it recomputes.
+REMAT_POLICIES = {
+    'none': None,  # no rematerialization: every activation is kept
+    'full': jax.checkpoint_policies.nothing_saveable,  # keep the block inputs only
+    'dots_saveable': jax.checkpoint_policies.dots_saveable,  # keep every matmul output
+    # keep the weight matmuls (qkv, proj, fc1, fc2), recompute attention's batched ones
+    'dots_with_no_batch_dims_saveable':
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_policy_name(remat: bool | str) -> str:
+  """`model.remat` as a REMAT_POLICIES key; the old boolean means 'full' or 'none'."""
+  if isinstance(remat, bool):
+    return 'full' if remat else 'none'
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f'model.remat={remat!r} is not one of {sorted(REMAT_POLICIES)} (or a bool)')
+  return remat
+
+
+def remat_block(block: type[nn.Module], remat: bool | str) -> type[nn.Module]:
+  """`block` rematerialized by the policy `remat` (big_vision/MaxText style names)."""
+  name = remat_policy_name(remat)
+  if name == 'none':
+    return block
+  return nn.remat(block, static_argnums=(3,), policy=REMAT_POLICIES[name])
 
 
 class AttentionPooling(nn.Module):
