@@ -23,8 +23,10 @@ def test_step_bench_tiny_gives_one_sane_row_per_budget_set():
   lines = step.format_table(rows, 'title').splitlines()
   assert lines[0] == 'title' and len(lines) == 3 + len(rows)
   assert lines[1] == ('| recipe | budgets | heads | raw / N_max | compile s | step ms | '
-                      'kept tokens/s | temp MiB |')
-  assert all(line.count('|') == 9 for line in lines[1:])
+                      'kept tokens/s | temp MiB | peak MiB | process peak RSS MiB |')
+  assert all(line.count('|') == 11 for line in lines[1:])
+  for r in rows:
+    assert 0 < r['peak_mib'] < r['rss_mib']  # the process holds more than one program
   assert lines[3].startswith('| Flux-Multi | 32/16 | 0/1 | 64 / 96 | ')
 
 

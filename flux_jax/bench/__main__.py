@@ -1,13 +1,18 @@
-"""python -m flux_jax.bench {forward|step|distill|pipeline} [flags]
+"""python -m flux_jax.bench {forward|step|distill|pipeline|aot} [flags]
 
   forward:  FluxViT forward ms and tokens/s per budget (--variant --batch --repeats --dtype)
-  step:     train step ms, kept tokens/s and temp memory per budget set (--variant --batch
-            --repeats --dtype --budgets --remat)
+  step:     train step ms, kept tokens/s, temp/peak memory and peak RSS per budget set
+            (--variant --batch --repeats --dtype --budgets --remat --attention)
   distill:  Flux-UMT step ms and memory with the teacher, without it (targets given) and the
             teacher alone (--config configs/umt_synthetic.py --batch --repeats --frames
             --resolution)
   pipeline: grain Flux pipeline clips/s against raw PyAV, stall share (--batch --steps)
+  aot:      a config's train step compiled for a TPU topology on this host: bytes per chip,
+            fits HBM, FLOPs, collectives (--config --topology --batch_per_chip --json)
 """
+
+import json
+import sys
 
 from absl import app
 from absl import flags
@@ -22,15 +27,22 @@ flags.DEFINE_string('dtype', 'float32', 'forward, step: compute dtype.')
 flags.DEFINE_multi_string('budgets', None, 'step: one budget set per flag, largest first, '
                           'e.g. --budgets=3072,2048,1024 --budgets=2048 (default: the '
                           "variant's sets in flux_jax.bench.step.SETUPS).")
-flags.DEFINE_bool('remat', False, 'step: rematerialize the blocks in the backward pass (as '
-                  'configs/fluxvit_k400.py does; bounds the memory of large budgets).')
-config_flags.DEFINE_config_file('config', None, 'distill: a Flux-UMT config.', lock_config=True)
+flags.DEFINE_string('remat', 'none', "step: the model's remat policy: none, full (as "
+                    'configs/fluxvit_k400.py), dots_saveable, dots_with_no_batch_dims_saveable.')
+flags.DEFINE_string('attention', 'auto', "forward, step: the model's attention: auto, xla, "
+                    'chunked, splash, cudnn.')
+config_flags.DEFINE_config_file('config', None, 'distill: a Flux-UMT config; aot: any training '
+                                'config.', lock_config=True)
 flags.DEFINE_integer('frames', None, 'distill: clip frames (default: the config\'s eval grid).')
 flags.DEFINE_integer('resolution', None, 'distill: clip resolution (default: the eval grid).')
 flags.DEFINE_integer('steps', 12, 'pipeline: batches timed per setting.')
+flags.DEFINE_string('topology', None, "aot: TPU topology, e.g. 'v5e:2x4' (v5e-8), 'v5p:2x2x1'.")
+flags.DEFINE_integer('batch_per_chip', None, 'aot: clips per chip (default: the config\'s '
+                     'global batch over the chips).')
+flags.DEFINE_bool('json', False, 'aot: print the report as one JSON object on the last line.')
 FLAGS = flags.FLAGS
 
-BENCHES = ('forward', 'step', 'distill', 'pipeline')
+BENCHES = ('forward', 'step', 'distill', 'pipeline', 'aot')
 
 
 def _budget_set(text: str) -> tuple[int, ...]:
@@ -44,24 +56,28 @@ def main(argv):
   if len(argv) != 2 or argv[1] not in BENCHES:
     raise app.UsageError(f'usage: python -m flux_jax.bench {{{"|".join(BENCHES)}}} [flags]')
   logging.set_verbosity(logging.WARNING)
+  if argv[1] == 'aot':  # before anything initializes a jax backend
+    _aot()
+    return
   device = jax.devices()[0]
   where = f'{device.platform} ({device.device_kind}), jax {jax.__version__}'
   if argv[1] == 'forward':
     from flux_jax.bench import forward  # pylint: disable=g-import-not-at-top
     title = (f'FluxViT-{FLAGS.variant[0].upper()} forward, batch {FLAGS.batch}, '
-             f'{FLAGS.dtype}, {where}')
-    print(forward.format_table(
-        forward.run(FLAGS.variant, FLAGS.batch, FLAGS.repeats, FLAGS.dtype), title))
+             f'{FLAGS.dtype}, attention {FLAGS.attention}, {where}')
+    print(forward.format_table(forward.run(FLAGS.variant, FLAGS.batch, FLAGS.repeats,
+                                           FLAGS.dtype, attention=FLAGS.attention), title))
   elif argv[1] == 'step':
     from flux_jax.bench import step  # pylint: disable=g-import-not-at-top
     s = step.setup(FLAGS.variant)
     budget_sets = None if FLAGS.budgets is None else [
         _budget_set(text) for text in FLAGS.budgets]
     title = (f'FluxViT-{FLAGS.variant[0].upper()} train step (AdamW, mixup, drop path 0.1, '
-             f'donated state{", remat" if FLAGS.remat else ""}), batch {FLAGS.batch}, '
-             f'{s.frames}x{s.resolution}^2 padded to {s.n_max} tokens, {FLAGS.dtype}, {where}')
+             f'donated state, remat {FLAGS.remat}, attention {FLAGS.attention}), batch '
+             f'{FLAGS.batch}, {s.frames}x{s.resolution}^2 padded to {s.n_max} tokens, '
+             f'{FLAGS.dtype}, {where}')
     print(step.format_table(step.run(FLAGS.variant, FLAGS.batch, FLAGS.repeats, FLAGS.dtype,
-                                     budget_sets, FLAGS.remat), title))
+                                     budget_sets, FLAGS.remat, FLAGS.attention), title))
   elif argv[1] == 'distill':
     from flux_jax.bench import distill  # pylint: disable=g-import-not-at-top
     if FLAGS.config is None:
@@ -78,6 +94,22 @@ def main(argv):
              f'tokens, {where}')
     print(pipeline.format_table(pipeline.run(FLAGS.batch, FLAGS.steps, variant=FLAGS.variant),
                                 title))
+
+
+def _aot():
+  from flux_jax.bench import aot  # pylint: disable=g-import-not-at-top
+  if FLAGS.config is None or FLAGS.topology is None:
+    raise app.UsageError('bench aot needs --config and --topology, e.g. --config '
+                         'configs/fluxvit_k400.py:variant=small,mode=multi --topology v5e:2x4')
+  try:
+    report = aot.run(FLAGS.config, FLAGS.topology, FLAGS.batch_per_chip)
+  except aot.AotError as e:
+    print(f'bench aot: {e}', file=sys.stderr)
+    sys.exit(2)
+  print(f'{FLAGS["config"].config_filename}:')
+  print(aot.format_report(report))
+  if FLAGS.json:
+    print(json.dumps(report))
 
 
 if __name__ == '__main__':

@@ -54,8 +54,8 @@ def markdown_table(title: str, columns, rows) -> str:
 
 
 def run(variant: str = 'small', batch: int = 2, repeats: int = 3, dtype: str = 'float32',
-        grids=GRIDS, budgets=BUDGETS) -> list[dict]:
-  model = make_model(dict(variant=variant, num_classes=400, dtype=dtype))
+        grids=GRIDS, budgets=BUDGETS, attention: str = 'auto') -> list[dict]:
+  model = make_model(dict(variant=variant, num_classes=400, dtype=dtype, attention=attention))
   params = init_params(model, jax.random.key(0))
   front = dataclasses.replace(model, depth=0)
   front_params = {k: v for k, v in params.items() if not k.startswith('blocks_')}

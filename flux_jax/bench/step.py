@@ -8,12 +8,14 @@ One jitted train step with the state donated, as the train loop runs it: Flux-Mu
 recipe's AdamW and layer decay (C.5), Mixup/CutMix and drop path 0.1 (C.6). The clip is a
 fixed grid padded to the Flux token limit N_max. For each budget set: compile seconds
 (`lower().compile()`), median step ms after a warm-up, kept tokens/s (the budgets'
-tokens through the transformer, summed over the forwards, per second) and the compiled
-step's temporary memory.
+tokens through the transformer, summed over the forwards, per second), the compiled
+step's temporary and peak memory (`memory_analysis()`) and the process's peak resident
+memory so far (`getrusage`, which includes compilation and the host copies).
 """
 
 from __future__ import annotations
 
+import resource
 from typing import NamedTuple, Sequence
 
 import jax
@@ -72,19 +74,19 @@ def make_step(model, tx, budgets: Sequence[int], n_max: int):
 
 
 def run(variant: str = 'small', batch: int = 2, repeats: int = 3, dtype: str = 'float32',
-        budget_sets: Sequence[Sequence[int]] | None = None, remat: bool = False
-        ) -> list[dict]:
+        budget_sets: Sequence[Sequence[int]] | None = None, remat: bool | str = 'none',
+        attention: str = 'auto') -> list[dict]:
   """One row per budget set (default: the variant's `SETUPS` entry).
 
-  `remat` rematerializes the blocks in the backward pass, as configs/fluxvit_k400.py
-  does: without it a FluxViT-S Flux-Multi step at 3072 tokens outgrew 19 GB of host
-  memory on CPU.
+  `remat` is the model's policy (configs/fluxvit_k400.py uses 'full'); `attention` its
+  implementation: with 'xla' a FluxViT-S Flux-Multi step at 3072 tokens outgrew 19 GB of
+  host memory on CPU, 'auto' runs 'chunked' there (memory linear in the tokens).
   """
   s = setup(variant)
   budget_sets = s.budget_sets if budget_sets is None else budget_sets
   n_max = s.n_max
   model = make_model(dict(variant=variant, num_classes=NUM_CLASSES, dtype=dtype,
-                          drop_path_rate=0.1, remat=remat))
+                          drop_path_rate=0.1, remat=remat, attention=attention))
   tx = _optimizer(model.depth)
   params = init_params(model, jax.random.key(0))
   rng = np.random.default_rng(0)
@@ -110,7 +112,9 @@ def run(variant: str = 'small', batch: int = 2, repeats: int = 3, dtype: str = '
         recipe=recipe, budgets='/'.join(map(str, budgets)),
         heads='/'.join(map(str, heads)), raw=raw, n_max=n_max, kept=kept,
         compile_s=compile_s, ms=1e3 * step_s, tokens_per_s=batch * kept / step_s,
-        temp_mib=None if memory is None else memory.temp_size_in_bytes / 2**20))
+        temp_mib=None if memory is None else memory.temp_size_in_bytes / 2**20,
+        peak_mib=None if memory is None else memory.peak_memory_in_bytes / 2**20,
+        rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
   return rows
 
 
@@ -123,6 +127,8 @@ COLUMNS = (
     ('step ms', lambda r: f"{r['ms']:.0f}"),
     ('kept tokens/s', lambda r: f"{r['tokens_per_s']:.0f}"),
     ('temp MiB', lambda r: 'n/a' if r['temp_mib'] is None else f"{r['temp_mib']:.0f}"),
+    ('peak MiB', lambda r: 'n/a' if r['peak_mib'] is None else f"{r['peak_mib']:.0f}"),
+    ('process peak RSS MiB', lambda r: f"{r['rss_mib']:.0f}"),
 )
 
 

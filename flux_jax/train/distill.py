@@ -37,8 +37,8 @@ import optax
 
 from flux_jax import checkpoint
 from flux_jax import sharding
-from flux_jax.model.fluxvit import (DECODERS, DistillStudent, FluxViT, init_params,
-                                    make_model, model_config, patch_embeddings)
+from flux_jax.model.fluxvit import (DECODERS, DistillStudent, FluxViT, abstract_params,
+                                    init_params, make_model, model_config, patch_embeddings)
 from flux_jax.model.teacher import Teacher, TeacherOutput
 from flux_jax.tokens.select import SELECTORS, all_tokens, keeps_all, select_tokens
 from flux_jax.tokens.token_batch import TokenBatch
@@ -293,13 +293,19 @@ def make_step_from_config(cfg: Mapping[str, Any], student: DistillStudent, teach
   return make_distill_step(student, teacher, tx, **step_options(cfg))
 
 
+def teacher_shardings(cfg: Mapping[str, Any], model: FluxViT, mesh):
+  """NamedShardings of the teacher params under `distill.teacher_rules` (empty: the
+  student's DEFAULT_RULES)."""
+  rules = tuple(cfg['teacher_rules']) or sharding.DEFAULT_RULES
+  return sharding.param_shardings(model, mesh, rules)
+
+
 def place_teacher(cfg: Mapping[str, Any], model: FluxViT, mesh, seed: int
                   ) -> tuple[dict, Any]:
   """Teacher params on the mesh under `distill.teacher_rules` (empty: the student's
   DEFAULT_RULES) and their shardings: `distill.teacher` restored straight into them (a
   host reads only its shards), or a random init from `seed` when it is empty."""
-  rules = tuple(cfg['teacher_rules']) or sharding.DEFAULT_RULES
-  shardings = sharding.param_shardings(model, mesh, rules)
+  shardings = teacher_shardings(cfg, model, mesh)
   if not cfg['teacher']:
     return sharding.shard_init(lambda r: init_params(model, r), shardings,
                                jax.random.key(seed)), shardings
@@ -334,13 +340,22 @@ class Distillation:
   teacher_shardings: Any
 
 
-def setup(config, model: FluxViT, mesh, workdir: str) -> Distillation:
+def setup(config, model: FluxViT, mesh, workdir: str | None) -> Distillation:
   """The `train.mode = 'distill'` pieces from the config; checks the teacher against
-  the one WORKDIR/teacher.json recorded (resume uses the same teacher)."""
+  the one WORKDIR/teacher.json recorded (resume uses the same teacher).
+
+  With `workdir=None` (AOT compilation, `bench aot`) nothing is written and no teacher
+  params are read: they are ShapeDtypeStructs carrying their shardings.
+  """
   cfg = config.distill
   frozen = teacher_model(cfg)
-  record_teacher(workdir, cfg, frozen)
   teacher = make_teacher(cfg, frozen)
+  if workdir is None:
+    shardings = teacher_shardings(cfg, frozen, mesh)
+    params = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                          abstract_params(frozen), shardings)
+    return Distillation(make_student(cfg, model, teacher), teacher, params, shardings)
+  record_teacher(workdir, cfg, frozen)
   params, shardings = place_teacher(cfg, frozen, mesh, config.seed + 2)
   logging.info('distilling %s from teacher %s (%s)', model.__class__.__name__,
                cfg.teacher or 'RANDOM', frozen.__class__.__name__)

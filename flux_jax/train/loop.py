@@ -7,10 +7,11 @@ evaluation.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import flax.linen as nn
@@ -118,6 +119,82 @@ def abstract_state(model: FluxViT, tx, mesh, rules):
   return nn.unbox(boxed), shardings, init
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainProgram:
+  """The training step of a config, as train_and_evaluate compiles it: the same builder
+  serves `python -m flux_jax.bench aot`, which lowers it for a TPU topology.
+
+  Attributes:
+    mesh, rules: the device mesh and logical-axis rules.
+    model: the FluxViT (the student when distilling).
+    tx: the optimizer.
+    schedule: (total steps, warmup steps, steps per epoch).
+    distillation: the Flux-UMT teacher and student, or None.
+    state_shapes, state_shardings: the train state's ShapeDtypeStructs and shardings.
+    init: rng -> the boxed initial state.
+    batch_sharding: the TokenBatch's sharding (batch over data x fsdp).
+    step: the jitted step, `step(state, tokens, rng, *teacher_args)`, state donated.
+  """
+  mesh: jax.sharding.Mesh
+  rules: Any
+  model: FluxViT
+  tx: Any
+  schedule: tuple[int, int, int]
+  distillation: distill.Distillation | None
+  state_shapes: Any
+  state_shardings: Any
+  init: Callable[[jax.Array], Any]
+  batch_sharding: jax.sharding.NamedSharding
+  step: Any
+
+  @property
+  def teacher_args(self) -> tuple:
+    """The step's arguments after rng: the frozen teacher's params, an argument of their
+    own (never donated or checkpointed)."""
+    return () if self.distillation is None else (self.distillation.teacher_params,)
+
+  def lower(self, state, tokens, rng) -> jax.stages.Lowered:
+    """Lowers the step under the mesh and rules (sharded activations, splash)."""
+    with sharding.tracing_context(self.mesh, self.rules):
+      return self.step.lower(state, tokens, rng, *self.teacher_args)
+
+
+def check_batch_axes(config, mesh: jax.sharding.Mesh) -> None:
+  """Refuses batch sizes that the mesh's batch axes (data x fsdp) do not divide."""
+  rows = mesh.shape['data'] * mesh.shape['fsdp']
+  for key in ('train.global_batch_size', 'eval.batch_size'):
+    size = config[key.split('.')[0]][key.split('.')[1]]
+    if size % rows:
+      raise ValueError(f'{key}={size} must divide by the batch axes of the mesh '
+                       f'(data x fsdp = {rows})')
+
+
+def train_program(config, mesh: jax.sharding.Mesh, num_videos: int, *,
+                  workdir: str | None) -> TrainProgram:
+  """Model, optimizer, state shardings and the jitted step of `config` on `mesh`.
+
+  `num_videos` sizes the schedule (an epoch counts videos). `workdir=None` builds the
+  program only (AOT): a distillation teacher is then abstract, nothing is read or written.
+  """
+  rules = sharding.DEFAULT_RULES
+  model = make_model(config.model)
+  check_batch_axes(config, mesh)
+  schedule = schedule_steps(config, num_videos)
+  tx = make_tx(config, model, *schedule[:2])
+  distillation = None  # Flux-UMT: the state trains model + decoders; a frozen teacher
+  if config.train.mode == 'distill':
+    distillation = distill.setup(config, model, mesh, workdir)
+  shapes, state_sh, init = abstract_state(
+      model if distillation is None else distillation.student, tx, mesh, rules)
+  batch_sh = sharding.batch_sharding(mesh)
+  teacher_sh = () if distillation is None else (distillation.teacher_shardings,)
+  step = jax.jit(make_train_step(config, model, tx, distillation),
+                 in_shardings=(state_sh, batch_sh, None) + teacher_sh,
+                 out_shardings=(state_sh, None), donate_argnums=0)
+  return TrainProgram(mesh, rules, model, tx, schedule, distillation, shapes, state_sh, init,
+                      batch_sh, step)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        stop_at: int | None = None) -> tuple[TrainState, dict[str, Any]]:
   """Trains and evaluates; returns the final state and the last evaluation metrics.
@@ -128,14 +205,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   os.makedirs(workdir, exist_ok=True)
   # ----------------------------------------------------------------- Mesh, model --
   mesh = sharding.make_mesh(dict(config.mesh))
-  rules = sharding.DEFAULT_RULES
   model = make_model(config.model)
-  rows = mesh.shape['data'] * mesh.shape['fsdp']
-  for key in ('train.global_batch_size', 'eval.batch_size'):
-    size = config[key.split('.')[0]][key.split('.')[1]]
-    if size % rows:
-      raise ValueError(f'{key}={size} must divide by the batch axes of the mesh '
-                       f'(data x fsdp = {rows})')
+  check_batch_axes(config, mesh)
   logging.info('mesh %s, model %s', dict(mesh.shape), model.__class__.__name__)
 
   # ----------------------------------------------------------------------- Data --
@@ -154,43 +225,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if d.workers:
     train_ds = train_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.workers))
   train_iter = iter(train_ds)
-  batch_sh = sharding.batch_sharding(mesh)
 
-  # ---------------------------------------------------- Optimizer, state, resume --
-  total, warmup, per_epoch = schedule_steps(config, len(train_src))
-  tx = make_tx(config, model, total, warmup)
-  distillation = None  # Flux-UMT: the state trains model + decoders; a frozen teacher
-  if config.train.mode == 'distill':
-    distillation = distill.setup(config, model, mesh, workdir)
-  shapes, state_sh, init = abstract_state(
-      model if distillation is None else distillation.student, tx, mesh, rules)
+  # ------------------------------------------------ Program, state, resume --------
+  program = train_program(config, mesh, len(train_src), workdir=workdir)
+  total, warmup, per_epoch = program.schedule
+  distillation, batch_sh, state_sh = (program.distillation, program.batch_sharding,
+                                      program.state_shardings)
   ckpt = checkpoint.TrainCheckpointer(workdir, keep=config.checkpoint.keep,
                                       save_every=config.checkpoint.every_steps)
   if ckpt.latest_step() is not None:
     state = ckpt.restore(None, jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, state_sh),
-        train_iter)
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        program.state_shapes, state_sh), train_iter)
     logging.info('resumed from step %d', int(state.step))
   else:
-    state = sharding.shard_init(lambda r: nn.unbox(init(r)), state_sh,
+    state = sharding.shard_init(lambda r: nn.unbox(program.init(r)), state_sh,
                                 jax.random.key(config.seed))
     if config.init:
       state = state.replace(params=checkpoint.init_from(config.init, state.params))
   start = int(state.step)
 
   # --------------------------------------------------------- Compile, memory -----
-  step_fn = make_train_step(config, model, tx, distillation)
   rng = jax.random.key(config.seed + 1)
-  # The teacher's params: an argument of their own, never donated or checkpointed.
-  teacher, teacher_sh = ((), ()) if distillation is None else (
-      (distillation.teacher_params,), (distillation.teacher_shardings,))
-  jitted = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, None) + teacher_sh,
-                   out_shardings=(state_sh, None), donate_argnums=0)
+  teacher = program.teacher_args
   first = next(train_iter)
   tokens = to_global(first, batch_sh)
   counter = CompileCounter()
   with counter:
-    compiled = jitted.lower(state, tokens, rng, *teacher).compile()
+    compiled = program.lower(state, tokens, rng).compile()
   memory = compiled.memory_analysis()
   if memory is not None:
     logging.info('train step: %.1f MiB temp, %.1f MiB arguments, %.1f MiB outputs',
@@ -200,10 +262,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   eval_step = jax.jit(steps_lib.make_eval_step(model, budget=e.budget, head=e.head))
 
   def run_eval():
-    return evaluate_dataset(eval_step, state.params, eval_src, model=model, frames=e.frames,
-                            resolution=e.resolution, batch_size=e.batch_size,
-                            sharding=batch_sh, num_clips=e.num_clips,
-                            num_crops=e.num_crops)
+    with sharding.tracing_context(mesh, program.rules):
+      return evaluate_dataset(eval_step, state.params, eval_src, model=model,
+                              frames=e.frames, resolution=e.resolution,
+                              batch_size=e.batch_size, sharding=batch_sh,
+                              num_clips=e.num_clips, num_crops=e.num_crops)
 
   # ----------------------------------------------------------------------- Loop --
   writer = MetricWriter(workdir)
