@@ -6,9 +6,12 @@ import setuptools
 
 here = pathlib.Path(__file__).parent
 requirements = [
-    line.strip() for line in (here / 'requirements.txt').read_text().splitlines()
-    if line.strip() and not line.startswith('#')
+    line.split('#')[0].strip() for line in (here / 'requirements.txt').read_text().splitlines()
+    if line.split('#')[0].strip()
 ]
+jax_pin = next(r for r in requirements if r.startswith('jax=='))
+# The accelerator's jax (Makefile ACCEL=...): the same pinned jax with its plugin.
+accelerators = {a: [jax_pin.replace('jax==', f'jax[{a}]==')] for a in ('tpu', 'cuda12', 'cuda13')}
 
 setuptools.setup(
     name='flux_jax',
@@ -19,7 +22,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['flux_jax', 'flux_jax.*']),
     python_requires='>=3.10',
     install_requires=requirements,
-    extras_require={'torch': ['torch>=2.4']},
+    extras_require={'torch': ['torch>=2.4'], **accelerators},
     entry_points={'console_scripts': [
         'flux-jax-convert=flux_jax.convert.__main__:run',
     ]},

@@ -38,6 +38,8 @@ _BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Views per batch; default
                                    'smallest multiple of num_crops and the device count '
                                    '>= 16.')
 _MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize().')
+_ACCELERATOR = flags.DEFINE_enum('accelerator', '', ['', 'tpu', 'gpu'], 'Refuse to run '
+                                 'unless jax runs on this platform (the launchers set it).')
 flags.mark_flags_as_required(['checkpoint', 'out', 'frames', 'resolutions'])
 
 
@@ -58,7 +60,7 @@ def _log_row(row: dict) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
-  sharding.initialize_distributed(_MULTIHOST.value)
+  sharding.start(_MULTIHOST.value, _ACCELERATOR.value)
   budgets, frames, resolutions = _ints(_BUDGETS), _ints(_FRAMES), _ints(_RESOLUTIONS)
   rows, paths = token_optimization.evaluate_checkpoint(
       _CHECKPOINT.value, _OUT.value, frames=frames, resolutions=resolutions,

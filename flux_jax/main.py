@@ -1,13 +1,12 @@
 r"""Entry point: flags only; the work is flux_jax.train.loop.train_and_evaluate.
 
   python -m flux_jax.main --config configs/synthetic_demo.py --workdir /tmp/flux_demo \
-      [--config.train.steps=600] [--multihost]
+      [--config.train.steps=600] [--multihost] [--accelerator=tpu]
 """
 
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
 
 from flux_jax import sharding
@@ -19,6 +18,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints and metrics; resume
 _STOP_AT = flags.DEFINE_integer('stop_at', None, 'Stop after this step (resume later).')
 _MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() '
                                '(launch/tpu_pod.sh and launch/slurm_gpu.sbatch set it).')
+_ACCELERATOR = flags.DEFINE_enum('accelerator', '', ['', 'tpu', 'gpu'], 'Refuse to run '
+                                 'unless jax runs on this platform (the launchers set it).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -33,9 +34,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietOrbax())
-  sharding.initialize_distributed(_MULTIHOST.value)
-  logging.info('JAX process %d/%d, %d local devices', jax.process_index(),
-               jax.process_count(), jax.local_device_count())
+  sharding.start(_MULTIHOST.value, _ACCELERATOR.value)
   _, result = train_and_evaluate(_CONFIG.value, _WORKDIR.value, _STOP_AT.value)
   logging.info('final: %s', result)
 
