@@ -4,9 +4,9 @@ The released recipe: 64 GPUs x 8 videos x num_sample 2, 5 epochs (1 warmup), lr 
 scaled to 8e-4, layer decay 0.75, drop path 0.1, budgets 3072/2048/1024, Flux frames
 6..24 at 112..336 px within 2048..6144 tokens. Build the dataset once:
 
-  python -c "from flux_jax.data.builders import video_csv as v; v.build(v.VideoCsvConfig(
-      name='k400', splits={'train': 'k400_train.txt', 'validation': 'k400_val.txt'},
-      root='/data/k400', short_side=320), '/data/tfds')"
+  python -m flux_jax.build_dataset video_csv --name k400 --data_dir /data/tfds \
+      --split train=k400_train.txt --split validation=k400_val.txt --root /data/k400 \
+      --short_side 320
 
 FluxViT-S, Flux-Multi, from a converted K710 checkpoint, on a TPU pod:
 

@@ -12,10 +12,12 @@ A training checkpoint is one step of one orbax CheckpointManager (DESIGN.md 4, h
 style 6), under WORKDIR/checkpoints:
 
   STEP/state       the train state pytree, arrays sharded as in the run
-  STEP/data_iter   the grain iterator state, one JSON file per process (grain's own
-                   orbax handler)
+  STEP/data        JSON: where the input stands ({'step', 'global_batch_size', ...})
 
-so a resumed run sees the same next batch and computes the same next loss.
+so a resumed run sees the same next batch and computes the same next loss. The input's
+position is a record, not grain's per-process iterator state: the pipeline's batches are a
+function of (seed, step) and a host's block of rows (DESIGN.md 6), so a run saved by 2
+processes resumes in 1 (or 64), each restoring the state into its own shardings.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from typing import Any, Iterator, Mapping
 from absl import logging
 from etils import epath
 import flax
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -39,7 +40,7 @@ from flux_jax.model.layers import CLASSES
 PARAMS = 'params'
 CONFIG = 'config'
 STATE = 'state'
-DATA_ITER = 'data_iter'
+DATA = 'data'
 CHECKPOINTS = 'checkpoints'  # the CheckpointManager's folder inside a workdir
 _MAX_LISTED = 8  # per kind of mismatch in error messages
 
@@ -57,10 +58,9 @@ def _registry() -> ocp.DefaultCheckpointHandlerRegistry:
   for item, arg_types in ((PARAMS, (ocp.args.StandardSave, ocp.args.StandardRestore)),
                           (CONFIG, (ocp.args.JsonSave, ocp.args.JsonRestore)),
                           (STATE, (ocp.args.StandardSave, ocp.args.StandardRestore)),
-                          (DATA_ITER, (grain.checkpoint.CheckpointSave,
-                                       grain.checkpoint.CheckpointRestore))):
+                          (DATA, (ocp.args.JsonSave, ocp.args.JsonRestore))):
     for args in arg_types:
-      registry.add(item, args)  # the handler registered for these args (grain's for grain's)
+      registry.add(item, args)  # the handler registered for these args
   return registry
 
 
@@ -207,13 +207,12 @@ def _restore_target(abstract_state, where: str):
 
 
 class TrainCheckpointer:
-  """Saves and restores `{state, data_iter}` of a training run in WORKDIR/checkpoints.
+  """Saves and restores `{state, data}` of a training run in WORKDIR/checkpoints.
 
   One orbax CheckpointManager: saves every `save_every` steps (or when forced, or when
   orbax sees a preemption), keeps the latest `keep`, and writes arrays in the background
-  when `async_save`. A save captures the state and the iterator position before it
-  returns, so the loop may go on (and donate the state) at once. Every process of a
-  multi-host job makes the same calls.
+  when `async_save`. A save captures the state before it returns, so the loop may go on
+  (and donate the state) at once. Every process of a multi-host job makes the same calls.
   """
 
   def __init__(self, workdir: str | os.PathLike, *, keep: int, save_every: int,
@@ -239,53 +238,58 @@ class TrainCheckpointer:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, state, data_iterator: grain.DatasetIterator, *,
-           force: bool = False) -> bool:
-    """Saves `state` and the iterator's position if `step` is due (or `force`).
+  def save(self, step: int, state, data: Mapping[str, Any], *, force: bool = False) -> bool:
+    """Saves `state` and the input's position `data` (JSON) if `step` is due (or `force`).
 
     Returns:
       whether a checkpoint was started.
     """
     saved = self._manager.save(step, args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardSave(state),
-        DATA_ITER: grain.checkpoint.CheckpointSave(data_iterator)}), force=force)
+        STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(dict(data))}),
+        force=force)
     if saved:
       logging.info('checkpoint of step %d started in %s', step, self.directory)
     return saved
 
-  def restore(self, step: int | None, abstract_state,
-              data_iterator: grain.DatasetIterator | None):
-    """The state of checkpoint `step` (None: the latest), arrays in the given shardings.
+  def _step(self, step: int | None) -> int:
+    steps = self.all_steps()
+    if step is None:
+      if not steps:
+        raise ValueError(f'{self.directory}: no checkpoint to restore')
+      return steps[-1]
+    if step not in steps:
+      raise ValueError(f'{self.directory}: no checkpoint of step {step}; have {steps}')
+    return step
+
+  def restore(self, step: int | None, abstract_state):
+    """The state of checkpoint `step` (None: the latest), arrays in the given shardings
+    (those of this run's mesh, whatever the saving run's topology was).
 
     Args:
       step: the step to restore, or None for the latest.
       abstract_state: the state's tree with ShapeDtypeStructs (with `sharding=`) or
         jax.Arrays as leaves; restored arrays get exactly these shardings.
-      data_iterator: a fresh iterator of the same pipeline; its position is set to the
-        checkpoint's. None restores the state alone (evaluation).
 
     Raises:
       ValueError: no such checkpoint, or its state does not match `abstract_state`
         leaf for leaf (names, shapes, dtypes).
     """
-    steps = self.all_steps()
-    if step is None:
-      if not steps:
-        raise ValueError(f'{self.directory}: no checkpoint to restore')
-      step = steps[-1]
-    elif step not in steps:
-      raise ValueError(f'{self.directory}: no checkpoint of step {step}; have {steps}')
+    step = self._step(step)
     where = f'{self.directory} step {step}'
     target = _restore_target(abstract_state, where)
     stored = self._manager.item_metadata(step)[STATE].tree
     _check_tree(target, stored, f'{where}: the checkpointed state does not match the '
                 f'abstract state ("missing": only in the abstract state; "want": its shape)')
-    args = {STATE: ocp.args.StandardRestore(target)}
-    if data_iterator is not None:
-      args[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iterator)
-    restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+    restored = self._manager.restore(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardRestore(target)}))
     logging.info('restored step %d from %s', step, self.directory)
     return restored[STATE]
+
+  def data(self, step: int | None = None) -> dict[str, Any]:
+    """The input position saved with checkpoint `step` (None: the latest)."""
+    step = self._step(step)
+    return self._manager.restore(step, args=ocp.args.Composite(**{
+        DATA: ocp.args.JsonRestore()}))[DATA]
 
   def wait(self) -> None:
     """Blocks until every started save is on disk."""

@@ -50,7 +50,8 @@ def main(argv):
   print(f'synthetic_motion {_SIZE.value} dataset ready in {build_s:.0f} s ({config.data.data_dir})')
 
   t0 = time.perf_counter()
-  state, _ = train_and_evaluate(config, os.path.join(workdir, 'train'))
+  state, _ = train_and_evaluate(config, os.path.join(workdir, 'train'),
+                                progress=lambda line: print(line, flush=True))
   train_s = time.perf_counter() - t0
   print(f'trained {int(state.step)} Flux-Multi steps in {train_s:.0f} s')
 

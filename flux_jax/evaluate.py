@@ -14,7 +14,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from flux_jax import sharding
+from flux_jax import hosts
 from flux_jax.eval import token_optimization
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Params checkpoint directory '
@@ -37,9 +37,7 @@ _NUM_CROPS = flags.DEFINE_integer('num_crops', None, "Spatial crops per clip; de
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Views per batch; default: the '
                                    'smallest multiple of num_crops and the device count '
                                    '>= 16.')
-_MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize().')
-_ACCELERATOR = flags.DEFINE_enum('accelerator', '', ['', 'tpu', 'gpu'], 'Refuse to run '
-                                 'unless jax runs on this platform (the launchers set it).')
+hosts.define_flags()
 flags.mark_flags_as_required(['checkpoint', 'out', 'frames', 'resolutions'])
 
 
@@ -60,7 +58,7 @@ def _log_row(row: dict) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
-  sharding.start(_MULTIHOST.value, _ACCELERATOR.value)
+  hosts.start_from_flags()
   budgets, frames, resolutions = _ints(_BUDGETS), _ints(_FRAMES), _ints(_RESOLUTIONS)
   rows, paths = token_optimization.evaluate_checkpoint(
       _CHECKPOINT.value, _OUT.value, frames=frames, resolutions=resolutions,

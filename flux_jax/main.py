@@ -9,17 +9,14 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from flux_jax import sharding
+from flux_jax import hosts
 from flux_jax.train.loop import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints and metrics; resumes from it.')
 _STOP_AT = flags.DEFINE_integer('stop_at', None, 'Stop after this step (resume later).')
-_MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() '
-                               '(launch/tpu_pod.sh and launch/slurm_gpu.sbatch set it).')
-_ACCELERATOR = flags.DEFINE_enum('accelerator', '', ['', 'tpu', 'gpu'], 'Refuse to run '
-                                 'unless jax runs on this platform (the launchers set it).')
+hosts.define_flags()
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -34,7 +31,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietOrbax())
-  sharding.start(_MULTIHOST.value, _ACCELERATOR.value)
+  hosts.start_from_flags()
   _, result = train_and_evaluate(_CONFIG.value, _WORKDIR.value, _STOP_AT.value)
   logging.info('final: %s', result)
 

@@ -213,48 +213,6 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def initialize_distributed(multihost: bool) -> None:
-  """Joins the multi-host job when the launcher asks (`--multihost`); no-op otherwise.
-
-  `jax.distributed.initialize()` finds its peers from the environment (Cloud TPU
-  metadata, SLURM); it must run before anything else touches a device.
-  """
-  if not multihost:
-    return
-  jax.distributed.initialize()
-  logging.info('process %d of %d: %d local devices, %d in all', jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
-
-
-# --accelerator: the platform a launcher expects, and the jax extras that provide it.
-ACCELERATOR_EXTRAS = {'tpu': ('tpu',), 'gpu': ('cuda12', 'cuda13')}
-
-
-def start(multihost: bool, accelerator: str = '') -> str:
-  """An entry point's first call: joins the job, logs where jax runs, and refuses to go on
-  when the launcher asked for `accelerator` ('tpu', 'gpu'; '' accepts any) and jax found
-  another platform (a venv without the accelerator's jax trains on the CPU, slowly).
-  Returns the platform.
-  """
-  if accelerator and accelerator not in ACCELERATOR_EXTRAS:
-    raise ValueError(f'--accelerator={accelerator!r} is not one of '
-                     f'{sorted(ACCELERATOR_EXTRAS)} (or empty for any)')
-  initialize_distributed(multihost)
-  platform = jax.default_backend()
-  logging.info('jax %s on %s (%s): process %d of %d, %d local devices, %d in all',
-               jax.__version__, platform, jax.devices()[0].device_kind, jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
-  if accelerator and platform != accelerator:
-    extras = ACCELERATOR_EXTRAS[accelerator]
-    raise RuntimeError(
-        f'--accelerator={accelerator} but jax runs on {platform} '
-        f'({jax.device_count()} {platform} devices): this environment has jax without its '
-        f'{accelerator.upper()} plugin. Install the pinned jax with it: make clean && make '
-        f'.venv/.base ACCEL={extras[0]} (pip install "jax[{extras[0]}]=={jax.__version__}"'
-        + (f', or ACCEL={extras[1]}' if len(extras) > 1 else '') + ')')
-  return platform
-
-
 def shard_init(init_fn: Callable[..., Any], shardings: Any, *args) -> Any:
   """Runs `init_fn(*args)` so that its outputs are born sharded (shape-first init).
 

@@ -1,8 +1,10 @@
 """TFDS builders (synthetic_motion, video_csv) and the synthetic clip generator."""
 
 import json
+import logging
 import os
 import socket
+import subprocess
 import sys
 
 import grain
@@ -12,6 +14,7 @@ import tensorflow_datasets as tfds
 
 from flux_jax.data import decode
 from flux_jax.data import synthetic
+from flux_jax.data.builders import common
 from flux_jax.data.builders import synthetic_motion
 from flux_jax.data.builders import video_csv
 
@@ -73,6 +76,52 @@ def test_sized_config(tmp_path):
   assert builder.builder_config.name == 'n7_6'
   assert len(builder.as_data_source('train')) == 7
   assert len(builder.as_data_source('validation')) == 6
+
+
+def test_a_half_built_dataset_is_rebuilt_never_opened(tmp_path, caplog):
+  """A killed build's leftovers: a shard file gone, dataset_info.json gone, an
+  incomplete.* directory. Each is detected and rebuilt; a finished build is reused."""
+  config = synthetic_motion.sized(5, 4)
+  builder = synthetic_motion.build(config, str(tmp_path), 1)
+  path = builder.data_path
+  want = by_id(builder.as_data_source('train'))
+  assert common.incomplete_reason(path) is None
+  stamp = os.stat(path / 'dataset_info.json').st_mtime_ns
+  synthetic_motion.build(config, str(tmp_path), 1)  # reused, not rebuilt
+  assert os.stat(path / 'dataset_info.json').st_mtime_ns == stamp
+  shard = next(path.glob('synthetic_motion-train.array_record-*'))
+  shard.unlink()
+  assert common.incomplete_reason(path) == "split 'train' lacks 1 of 1 shard files"
+  (path.parent / f'incomplete.XYZ_{path.name}').mkdir()
+  with caplog.at_level(logging.WARNING):
+    rebuilt = synthetic_motion.build(config, str(tmp_path), 1)
+  assert 'is half-built (split \'train\' lacks 1 of 1 shard files)' in caplog.text
+  assert by_id(rebuilt.as_data_source('train')).keys() == want.keys()
+  assert not list(path.parent.glob('incomplete.*'))
+  (path / 'dataset_info.json').unlink()
+  assert common.incomplete_reason(path) == 'no dataset_info.json'
+  rebuilt = synthetic_motion.build(config, str(tmp_path), 1)
+  assert common.incomplete_reason(path) is None
+  assert len(rebuilt.as_data_source('validation')) == 4
+
+
+def test_build_dataset_cli_builds_video_csv(tmp_path):
+  root = tmp_path / 'videos'
+  write_clip(root / 'a.mp4', 0)
+  write_clip(root / 'b.mp4', 1)
+  (root / 'bad.mp4').write_text('not a video')
+  (tmp_path / 'train.txt').write_text('a.mp4 0\nb.mp4 1\nbad.mp4 1\n')
+  out = subprocess.run([sys.executable, '-m', 'flux_jax.build_dataset', 'video_csv', '--name',
+                        'mine', '--data_dir', str(tmp_path / 'data'), '--split',
+                        f'train={tmp_path / "train.txt"}', '--root', str(root),
+                        '--workers', '1'], capture_output=True, text=True, check=True)
+  lines = out.stdout.strip().splitlines()
+  lines = lines[lines.index(f"ready: {tmp_path / 'data' / 'video_csv' / 'mine' / '1.0.0'}"):]
+  assert lines[1].strip() == 'train: 2 videos'
+  assert lines[2].strip().startswith('skipped 1 files (reasons in ')
+  bad = subprocess.run([sys.executable, '-m', 'flux_jax.build_dataset', 'video_csv', '--name',
+                        'x', '--split', 'train'], capture_output=True, text=True)
+  assert bad.returncode != 0 and "--split='train': expected SPLIT=" in bad.stderr
 
 
 # ---------------------------------------------------------------- synthetic semantics

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from flux_jax import sharding
+from flux_jax import hosts
 
 ROOT = pathlib.Path(__file__).parents[1]
 
@@ -122,12 +122,12 @@ def test_every_config_path_in_launchers_readme_and_notebooks_exists_and_builds()
 def test_an_accelerator_run_refuses_the_cpu_and_names_the_jax_extra():
   with pytest.raises(RuntimeError, match=r'--accelerator=tpu but jax runs on cpu.*'
                      r'ACCEL=tpu \(pip install "jax\[tpu\]=='):
-    sharding.start(False, 'tpu')
+    hosts.start(False, 'tpu')
   with pytest.raises(RuntimeError, match=r'jax\[cuda12\].*ACCEL=cuda13'):
-    sharding.start(False, 'gpu')
-  assert sharding.start(False, '') == 'cpu'
+    hosts.start(False, 'gpu')
+  assert hosts.start(False, '') == 'cpu'
   with pytest.raises(ValueError, match="--accelerator='npu'"):
-    sharding.start(False, 'npu')
+    hosts.start(False, 'npu')
 
 
 def test_main_refuses_before_building_anything(tmp_path):

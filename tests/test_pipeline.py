@@ -73,8 +73,8 @@ def test_patches_are_patchify_of_the_decoded_frames():
   ds = _train(src, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False).to_iter_dataset()
   b = next(iter(ds))
   t, hp = b['grid'][0][:2]
-  # The element's RNG is keyed on (seed, process, position); frame indices come first.
-  idx = decode.train_frame_indices(9, int(t), np.random.default_rng([1, 0, 0]))
+  # The element's RNG is keyed on (seed, global position); frame indices come first.
+  idx = decode.train_frame_indices(9, int(t), np.random.default_rng([1, 0]))
   video = int(b['video_index'][0])
   decoded = decode.decode_frames(src[video]['video'], idx, 'clip')
   want = patchify(transforms.resize_bilinear(decoded, hp * 14, hp * 14), n_max=N_MAX)
@@ -113,6 +113,36 @@ def test_repeated_augmentation_and_process_sharding(source):
   assert all(len(h['label']) == 2 for h in hosts)
   assert set(hosts[0]['video_index']).isdisjoint(hosts[1]['video_index'])
   assert (hosts[0]['grid'][0] == hosts[1]['grid'][0]).all()  # same plan on every host
+
+
+def test_global_batches_do_not_depend_on_the_number_of_hosts(source):
+  """1, 2 or 4 hosts: the host batches of step s, concatenated in block order, are the
+  1-host batch of step s, clip for clip and pixel for pixel, with repeated augmentation."""
+  def steps(count, start_step=0):
+    hosts = [iter(_train(source, num_sample=2, global_batch_size=8, process_index=i,
+                         process_count=count, start_step=start_step)) for i in range(count)]
+    return [pipeline.concat_batch([next(h) for h in hosts]) for _ in range(3)]
+  want = steps(1)
+  assert len({tuple(b['grid'][0]) for b in want}) > 1  # several plans
+  for count in (2, 4):
+    for got, w in zip(steps(count), want):
+      assert got.keys() == w.keys()
+      for k in w:
+        np.testing.assert_array_equal(got[k], w[k], err_msg=f'{count} hosts: {k}')
+  # A run resumed at step 1 sees what an uninterrupted one saw from step 1, on any count.
+  for k in want[0]:
+    np.testing.assert_array_equal(steps(2, start_step=1)[0][k], want[1][k])
+
+
+def test_every_host_gets_the_same_number_of_eval_batches_and_each_view_once(source):
+  """7 videos x 2 clips on 3 hosts: 14 elements, 5 per host with one padding element."""
+  hosts = [list(pipeline.eval_dataset(source[:7], frames=2, resolution=28, batch_size=4,
+                                      num_clips=2, num_crops=2, process_index=i,
+                                      process_count=3)) for i in range(3)]
+  assert [len(h) for h in hosts] == [3, 3, 3]
+  views = [(int(v), int(w)) for h in hosts for b in h
+           for v, w in zip(b['video_index'], b['view']) if v >= 0]
+  assert sorted(views) == [(v, w) for v in range(7) for w in range(4)]
 
 
 def test_bad_videos_are_replaced_and_counted(source):

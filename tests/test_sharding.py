@@ -165,12 +165,3 @@ def test_shard_init_gives_the_requested_shardings(tiny, params, mesh):
   replicated = sharding.shard_init(lambda: {'w': jax.numpy.ones((4, 4))},
                                    {'w': sharding.replicated(mesh)})
   assert replicated['w'].sharding.is_fully_replicated
-
-
-def test_initialize_distributed_only_when_asked(monkeypatch):
-  calls = []
-  monkeypatch.setattr(jax.distributed, 'initialize', lambda: calls.append(1))
-  sharding.initialize_distributed(False)
-  assert calls == []
-  sharding.initialize_distributed(True)
-  assert calls == [1]

@@ -1,4 +1,4 @@
-"""Training checkpoints {state, data_iter} (flux_jax/checkpoint.py) on 8 fake CPU devices."""
+"""Training checkpoints {state, data} (flux_jax/checkpoint.py) on 8 fake CPU devices."""
 
 import logging
 import re
@@ -34,9 +34,13 @@ def source():
   return out
 
 
-def _iterator(source):
-  ds = train_dataset(source, sampler=SAMPLER, global_batch_size=2, n_max=36, seed=3)
+def _iterator(source, start_step=0):
+  ds = train_dataset(source, sampler=SAMPLER, global_batch_size=2, n_max=36, seed=3,
+                     start_step=start_step)
   return iter(ds.to_iter_dataset())
+
+
+DATA = {'seed': 3, 'global_batch_size': 2}
 
 
 @pytest.fixture(scope='module')
@@ -74,20 +78,20 @@ def _assert_same_batch(got, want):
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
 
 
-def test_keep_latest_and_save_every(mesh, source, tmp_path, monkeypatch):
-  state, it = _state(mesh), _iterator(source)
+def test_keep_latest_and_save_every(mesh, tmp_path, monkeypatch):
+  state = _state(mesh)
   monkeypatch.chdir(tmp_path.parent)  # a relative workdir (orbax itself wants absolute)
   with TrainCheckpointer(tmp_path.name, keep=1, save_every=2) as ckpt:
     assert ckpt.latest_step() is None
-    assert ckpt.save(2, state, it)
-    assert not ckpt.save(3, state, it)  # not due
-    assert ckpt.save(4, state, it)
+    assert ckpt.save(2, state, dict(DATA, step=2))
+    assert not ckpt.save(3, state, dict(DATA, step=3))  # not due
+    assert ckpt.save(4, state, dict(DATA, step=4))
     ckpt.wait()
     assert ckpt.latest_step() == 4 and ckpt.all_steps() == [4]
   assert sorted(p.name for p in (tmp_path / CHECKPOINTS).iterdir()) == ['4']
   with TrainCheckpointer(tmp_path, keep=1, save_every=100) as ckpt:  # a restarted run
-    assert ckpt.latest_step() == 4
-    assert ckpt.save(5, state, it, force=True)
+    assert ckpt.latest_step() == 4 and ckpt.data() == dict(DATA, step=4)
+    assert ckpt.save(5, state, dict(DATA, step=5), force=True)
 
 
 def test_restore_gives_the_state_in_the_requested_shardings_and_the_next_batch(
@@ -96,7 +100,7 @@ def test_restore_gives_the_state_in_the_requested_shardings_and_the_next_batch(
   next(it)
   next(it)
   with TrainCheckpointer(tmp_path, keep=2, save_every=2) as ckpt:
-    assert ckpt.save(4, state, it)  # async: the iterator may move on at once
+    assert ckpt.save(2, state, dict(DATA, step=2))  # async: the run may move on at once
     want_batches = [next(it), next(it)]
 
   # Restore into other shardings than the ones saved: kernel and Adam moments transposed.
@@ -106,9 +110,12 @@ def test_restore_gives_the_state_in_the_requested_shardings_and_the_next_batch(
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec))
 
   abstract = jax.tree_util.tree_map_with_path(requested, state)
-  fresh = _iterator(source)
   with TrainCheckpointer(tmp_path, keep=2, save_every=2) as ckpt:
-    got = ckpt.restore(None, abstract, fresh)
+    got = ckpt.restore(None, abstract)
+    data = ckpt.data()
+  assert data == dict(DATA, step=2)
+  # The pipeline started at the saved step gives the batches the run went on with.
+  fresh = _iterator(source, start_step=data['step'])
   _assert_bit_equal(got, state)
   for g, a in zip(jax.tree.leaves(got), jax.tree.leaves(abstract)):
     assert g.sharding == a.sharding
@@ -117,30 +124,30 @@ def test_restore_gives_the_state_in_the_requested_shardings_and_the_next_batch(
     _assert_same_batch(next(fresh), want)
 
 
-def test_restore_errors_name_the_workdir(mesh, source, tmp_path):
+def test_restore_errors_name_the_workdir(mesh, tmp_path):
   state = _state(mesh)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                           state)
   with TrainCheckpointer(tmp_path, keep=1, save_every=1) as ckpt:
     with pytest.raises(ValueError, match=re.escape(f'{tmp_path}/{CHECKPOINTS}: no checkpoint')):
-      ckpt.restore(None, abstract, None)
-    ckpt.save(1, state, _iterator(source))
+      ckpt.restore(None, abstract)
+    ckpt.save(1, state, dict(DATA, step=1))
     ckpt.wait()
     with pytest.raises(ValueError, match=re.escape('no checkpoint of step 7; have [1]')):
-      ckpt.restore(7, abstract, None)
+      ckpt.restore(7, abstract)
     bad = dict(abstract, params=dict(abstract['params'], scale=jax.ShapeDtypeStruct(
         (5,), jnp.float32, sharding=sharding.replicated(mesh))))
     with pytest.raises(ValueError, match=re.escape(f'{tmp_path}/{CHECKPOINTS} step 1: the '
                                                    'checkpointed state does not match')) as e:
-      ckpt.restore(1, bad, None)
+      ckpt.restore(1, bad)
     assert 'params/scale (3,) float32 (want (5,) float32)' in str(e.value)
     extra = dict(abstract, ema=abstract['params'])
     with pytest.raises(ValueError, match=r"missing: \['ema/dense/bias'"):
-      ckpt.restore(1, extra, None)
+      ckpt.restore(1, extra)
     unsharded = dict(abstract, step=jax.ShapeDtypeStruct((), jnp.int32))
     with pytest.raises(ValueError, match='leaf step has no sharding'):
-      ckpt.restore(1, unsharded, None)
-    assert int(ckpt.restore(1, abstract, None)['step']) == 4  # state alone (evaluation)
+      ckpt.restore(1, unsharded)
+    assert int(ckpt.restore(1, abstract)['step']) == 4
 
 
 def _flat(tree):

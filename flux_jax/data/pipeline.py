@@ -1,15 +1,18 @@
 """The grain Flux pipeline: encoded videos in, fixed-shape TokenBatch host batches out.
 
-Training (DESIGN.md 1):
-  source -> (source index, record) -> shuffle -> repeat -> shard by process
-  -> per element: FluxPlan of its global batch (seed, step) -> decode (PyAV, TSN
-     indices) -> random resized crop, flip -> `num_sample` augmented clips
-  -> patchify, pad to N_max (uint8) -> batch -> (multiprocess prefetch)
+Training (DESIGN.md 1, 6):
+  source -> (source index, record) -> shuffle -> repeat: the global video stream
+  -> per video, at its global position: FluxPlan of its step (seed, step) -> decode (PyAV,
+     TSN indices) -> random resized crop, flip -> `num_sample` augmented clips
+  -> patchify, pad to N_max (uint8) -> this host's rows of each global batch
+  -> (multiprocess prefetch)
 Evaluation: one element per (video, clip); each yields `num_crops` views.
 
 Every element transform is a picklable class whose randomness comes from an RNG keyed on
-(seed, process, position), so the same config and seed give the same batches and a
-restored iterator state gives the same next batch.
+(seed, global position in the stream), never on the process: the global batch of step s
+holds the same clips with the same augmentation on 1 host or 64, each host decodes only
+its rows, and a run resumed at step s (`start_step`) sees the batches an uninterrupted one
+would.
 """
 
 from __future__ import annotations
@@ -86,19 +89,19 @@ class TrainClip:
   """
   source: Any  # random-access source of records {video, label, id, num_frames}
   sampler: PlanSampler
-  videos_per_batch: int  # per host
+  videos_per_step: int  # in the global batch
   n_max: int
   num_sample: int = 1
   flip: bool = True
   scale: tuple[float, float] = (0.08, 1.0)
   ratio: tuple[float, float] = (3 / 4, 4 / 3)
   seed: int = 0
-  process_index: int = 0
 
   def __call__(self, position: int, item: tuple[int, Any]) -> dict[str, np.ndarray]:
+    """`position`: the video's place in the global stream (step = position // videos)."""
     index, record = item
-    plan = self.sampler(position // self.videos_per_batch)
-    rng = np.random.default_rng([self.seed, self.process_index, position])
+    plan = self.sampler(position // self.videos_per_step)
+    rng = np.random.default_rng([self.seed, position])
     frames, index, record, replaced = self._decode(index, record, plan.frames, rng)
     clips = []
     for _ in range(self.num_sample):
@@ -131,14 +134,21 @@ def train_dataset(source, *, sampler: PlanSampler, global_batch_size: int, n_max
                   num_sample: int = 1, flip: bool = True,
                   scale: tuple[float, float] = (0.08, 1.0),
                   ratio: tuple[float, float] = (3 / 4, 4 / 3), seed: int = 0,
-                  process_index: int = 0, process_count: int = 1,
+                  process_index: int = 0, process_count: int = 1, start_step: int = 0,
                   num_epochs: int | None = None) -> grain.MapDataset:
-  """Host batches of training clips: dicts of numpy arrays, `global_batch_size /
-  process_count` clips each (`num_sample` clips per video).
+  """Host batches of training clips: dicts of numpy arrays, element s is this host's rows
+  of the global batch of step `start_step + s`.
+
+  Args:
+    process_index, process_count: this host's block of rows and the number of equal
+      blocks in a global batch (`to_device.host_rows` reads them off the batch sharding;
+      usually the process index and count). Block p holds the global batch's clips
+      [p * B / count, (p + 1) * B / count).
+    start_step: the first step (a resumed run starts where its checkpoint stopped).
 
   Raises:
     ValueError: before anything runs, when N_max cannot hold the largest plan or the
-      batch does not divide into processes and samples.
+      batch does not divide into blocks and samples.
   """
   if n_max < sampler.max_plan_tokens:
     raise ValueError(f'n_max={n_max} is smaller than the largest plan '
@@ -148,13 +158,14 @@ def train_dataset(source, *, sampler: PlanSampler, global_batch_size: int, n_max
                      f'({process_count}) x num_sample ({num_sample})')
   if len(source) == 0:
     raise ValueError('the training source is empty')
-  videos = global_batch_size // (process_count * num_sample)
+  videos = global_batch_size // num_sample  # per step
   clip = TrainClip(source, sampler, videos, n_max, num_sample, flip, tuple(scale),
-                   tuple(ratio), seed, process_index)
+                   tuple(ratio), seed)
   ds = grain.MapDataset.source(source).map_with_index(_WithSourceIndex(len(source)))
-  ds = ds.seed(seed).shuffle().repeat(num_epochs)
-  ds = ds[process_index::process_count]
-  return ds.map_with_index(clip).batch(videos, drop_remainder=True, batch_fn=concat_batch)
+  ds = ds.seed(seed).shuffle().repeat(num_epochs)  # the global stream, the same everywhere
+  ds = ds.map_with_index(clip)  # keyed on the global position
+  ds = ds.batch(videos // process_count, drop_remainder=True, batch_fn=concat_batch)
+  return ds[start_step * process_count + process_index::process_count]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,19 +185,24 @@ class EvalClip:
   tubelet_size: int = 1
 
   def __call__(self, position: int) -> dict[str, np.ndarray]:
+    """Positions past the last clip are padding: empty views, so that every host runs
+    the same number of batches."""
     index, clip = divmod(position, self.num_clips)
-    record = self.source[index]
-    video_index, replaced = index, 0
-    try:
-      frames = _read_frames(record, index, lambda length: decode.eval_frame_indices(
-          length, self.frames, clip, self.num_clips))
-      crops = transforms.spatial_crops(frames, self.resolution, self.num_crops)
-    except decode.DecodeError as e:
-      logging.warning('evaluation: unreadable video: %s', e)
-      blank = np.zeros((self.frames, self.resolution, self.resolution, 3), np.uint8)
-      crops, video_index, replaced = [blank] * self.num_crops, -1, 1
+    blank = [np.zeros((self.frames, self.resolution, self.resolution, 3), np.uint8)]
+    if index >= len(self.source):
+      crops, video_index, replaced, label = blank * self.num_crops, -1, 0, 0
+    else:
+      record = self.source[index]
+      video_index, replaced, label = index, 0, int(record['label'])
+      try:
+        frames = _read_frames(record, index, lambda length: decode.eval_frame_indices(
+            length, self.frames, clip, self.num_clips))
+        crops = transforms.spatial_crops(frames, self.resolution, self.num_crops)
+      except decode.DecodeError as e:
+        logging.warning('evaluation: unreadable video: %s', e)
+        crops, video_index, replaced = blank * self.num_crops, -1, 1
     out = _element(crops, patch_size=self.patch_size, tubelet_size=self.tubelet_size,
-                   n_max=self.n_max, label=int(record['label']), video_index=video_index,
+                   n_max=self.n_max, label=label, video_index=video_index,
                    views=np.arange(self.num_crops) + clip * self.num_crops,
                    replaced=replaced)
     if video_index < 0:
@@ -224,7 +240,9 @@ def eval_dataset(source, *, frames: int, resolution: int, batch_size: int,
                  process_count: int = 1) -> grain.MapDataset:
   """Host batches of evaluation views, `num_clips x num_crops` per video, in order.
 
-  The last batch is padded with empty rows (video_index -1) to keep one compiled step.
+  Process p decodes clips p, p + count, ...; every process gets the same number of
+  elements and batches (the last ones padded with empty rows, video_index -1), so all
+  run the same global steps and one compiled step serves every batch.
   """
   if resolution % patch_size:
     raise ValueError(f'eval resolution {resolution} is not a multiple of the patch size '
@@ -237,6 +255,7 @@ def eval_dataset(source, *, frames: int, resolution: int, batch_size: int,
     raise ValueError(f'eval batch_size={batch_size} must divide by num_crops={num_crops}')
   view = EvalClip(source, frames, resolution, num_clips, num_crops, n_max, patch_size,
                   tubelet_size)
-  ds = grain.MapDataset.range(len(source) * num_clips)[process_index::process_count]
+  per_host = -(-len(source) * num_clips // process_count)
+  ds = grain.MapDataset.range(per_host * process_count)[process_index::process_count]
   per_batch = batch_size // num_crops
   return ds.map(view).batch(per_batch, batch_fn=_PadTo(batch_size))

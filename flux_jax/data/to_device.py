@@ -16,6 +16,23 @@ def batch_stats(batch: dict[str, np.ndarray]) -> dict[str, int]:
   return {k: int(batch[k].sum()) for k in STAT_FIELDS if k in batch}
 
 
+def host_rows(sharding: jax.sharding.Sharding, global_batch: int) -> tuple[int, int]:
+  """(block, blocks): this process's rows of a global batch as block `block` of `blocks`
+  equal blocks, the `process_index`/`process_count` of `pipeline.train_dataset`.
+
+  Read off the sharding, not the process index, so that each host loads exactly the rows
+  its devices hold; they must be one contiguous block (the batch axes lead the mesh).
+  """
+  index = sharding.addressable_devices_indices_map((global_batch,))
+  rows = sorted({r for (s,) in index.values() for r in range(*s.indices(global_batch))})
+  start, size = rows[0], len(rows)
+  if rows != list(range(start, start + size)) or start % size or global_batch % size:
+    raise ValueError(f'process {jax.process_index()} holds rows {rows[:4]}... of the global '
+                     f'batch of {global_batch}: not one aligned contiguous block; order the '
+                     'mesh devices by process')
+  return start // size, global_batch // size
+
+
 def to_global(batch: dict[str, np.ndarray], sharding: jax.sharding.Sharding) -> TokenBatch:
   """This process's rows of a global batch -> a TokenBatch of global arrays.
 

@@ -18,9 +18,9 @@ and k, v `[B, Nk, NH, HD]`. The implementations compute the same thing:
   'cudnn'    jax.nn.dot_product_attention(implementation='cudnn') with a kv length per
              row: it relies on the valid keys being a prefix of every row (`is_prefix`),
              which patchify, every selector and the distillation subsets guarantee.
-  'auto'     the platform's fused kernel: splash on TPU, cudnn on GPU (bf16/fp16),
-             chunked on CPU from CHUNKED_MIN_KEYS keys on, xla otherwise; each distinct
-             choice is logged once.
+  'auto'     the platform's fused kernel: splash on TPU (given a mesh in context when
+             there are several devices), cudnn on GPU (bf16/fp16), chunked on CPU from
+             CHUNKED_MIN_KEYS keys on, xla otherwise; each distinct choice is logged once.
 
 The platform is the one being compiled for: the device kind of the mesh in context
 (`jax.set_mesh`; AOT compiles for a TPU topology from a CPU host) or the default backend.
@@ -77,6 +77,9 @@ def resolve(implementation: str, q: jax.Array, k: jax.Array) -> tuple[str, str]:
     return implementation, 'requested'
   platform = target_platform()
   if platform == 'tpu':
+    if jax.sharding.get_abstract_mesh().empty and jax.device_count() > 1:
+      return 'xla', ('TPU, but no mesh in context (jax.set_mesh) for the splash kernel\'s '
+                     'shard_map over the devices')
     return 'splash', 'TPU: the Pallas splash kernel'
   if platform == 'gpu':
     ok, why = _cudnn_supports(q)
@@ -284,7 +287,7 @@ def splash_attention(q, k, v, valid, *, interpret: bool | None = None):
     if jax.device_count() > 1 and not interpret:
       raise ValueError(f"attention='splash' on {jax.device_count()} devices needs the mesh: "
                        'trace under jax.set_mesh(mesh) (the train loop and bench aot do), or '
-                       "use attention='auto'/'xla'")
+                       "use attention='auto', which falls back to 'xla' without one")
     out = local(q, k, v, q_segment, kv_segment)
   else:
     batch_axes, head_axes = _mesh_axes(mesh, b, nh)

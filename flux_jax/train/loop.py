@@ -25,7 +25,7 @@ from flux_jax import checkpoint
 from flux_jax import sharding
 from flux_jax.data import pipeline
 from flux_jax.data.sources import open_dataset
-from flux_jax.data.to_device import batch_stats, to_global
+from flux_jax.data.to_device import batch_stats, host_rows, to_global
 from flux_jax.eval.multiview import evaluate_dataset, to_host
 from flux_jax.model.fluxvit import FluxViT, dummy_tokens, make_model, model_config
 from flux_jax.tokens.plan import PlanSampler
@@ -37,6 +37,7 @@ from flux_jax.xla import CompileCounter
 
 
 PARAMS_DIR = 'params'  # WORKDIR/params: the finished run's params (checkpoint.load_params)
+PROGRESS_SECONDS = 60.0  # the longest gap between progress lines
 
 
 class MetricWriter:
@@ -195,12 +196,22 @@ def train_program(config, mesh: jax.sharding.Mesh, num_videos: int, *,
                       batch_sh, step)
 
 
+def _duration(seconds: float) -> str:
+  m, s = divmod(int(round(seconds)), 60)
+  h, m = divmod(m, 60)
+  return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s'
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       stop_at: int | None = None) -> tuple[TrainState, dict[str, Any]]:
+                       stop_at: int | None = None,
+                       progress: Callable[[str], Any] = logging.info
+                       ) -> tuple[TrainState, dict[str, Any]]:
   """Trains and evaluates; returns the final state and the last evaluation metrics.
 
   `stop_at` ends this run early (a time-boxed job); the next run resumes from the
-  checkpoint exactly as if it had not stopped.
+  checkpoint exactly as if it had not stopped. `progress` takes a line (step, loss,
+  steps/s, ETA) every `train.log_every` steps and at least every PROGRESS_SECONDS, on
+  process 0: cluster logs and piped output see the run move, a terminal also gets a bar.
   """
   os.makedirs(workdir, exist_ok=True)
   # ----------------------------------------------------------------- Mesh, model --
@@ -209,34 +220,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   check_batch_axes(config, mesh)
   logging.info('mesh %s, model %s', dict(mesh.shape), model.__class__.__name__)
 
-  # ----------------------------------------------------------------------- Data --
+  # ---------------------------------------------------------------- Sources --
   train_src, eval_src, class_names = open_dataset(config.data)
   if len(class_names) != model.num_classes:
     raise ValueError(f'model.num_classes={model.num_classes} but the dataset has '
                      f'{len(class_names)} classes')
-  sampler = PlanSampler.from_config(config.flux, patch_size=model.patch_size,
-                                    tubelet_size=model.tubelet_size, seed=config.seed)
-  d = config.data
-  train_ds = pipeline.train_dataset(
-      train_src, sampler=sampler, global_batch_size=config.train.global_batch_size,
-      n_max=config.n_max, num_sample=d.num_sample, flip=d.flip, scale=tuple(d.scale),
-      ratio=tuple(d.ratio), seed=config.seed, process_index=jax.process_index(),
-      process_count=jax.process_count()).to_iter_dataset()
-  if d.workers:
-    train_ds = train_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.workers))
-  train_iter = iter(train_ds)
 
   # ------------------------------------------------ Program, state, resume --------
   program = train_program(config, mesh, len(train_src), workdir=workdir)
   total, warmup, per_epoch = program.schedule
   distillation, batch_sh, state_sh = (program.distillation, program.batch_sharding,
                                       program.state_shardings)
+  d = config.data
+  # The input's position is the step: these keys fix what the stream of step s holds.
+  stream = dict(seed=config.seed, global_batch_size=config.train.global_batch_size,
+                num_sample=d.num_sample)
   ckpt = checkpoint.TrainCheckpointer(workdir, keep=config.checkpoint.keep,
                                       save_every=config.checkpoint.every_steps)
   if ckpt.latest_step() is not None:
+    saved = {k: v for k, v in ckpt.data().items() if k in stream}
+    if saved != stream:
+      raise ValueError(f'{workdir}: its checkpoints were written with input {saved}, the '
+                       f'config asks for {stream}; resuming would train on other batches. '
+                       'Use a new workdir, or the saved values.')
     state = ckpt.restore(None, jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        program.state_shapes, state_sh), train_iter)
+        program.state_shapes, state_sh))
     logging.info('resumed from step %d', int(state.step))
   else:
     state = sharding.shard_init(lambda r: nn.unbox(program.init(r)), state_sh,
@@ -244,6 +253,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if config.init:
       state = state.replace(params=checkpoint.init_from(config.init, state.params))
   start = int(state.step)
+
+  # ----------------------------------------------------------------------- Data --
+  sampler = PlanSampler.from_config(config.flux, patch_size=model.patch_size,
+                                    tubelet_size=model.tubelet_size, seed=config.seed)
+  block, blocks = host_rows(batch_sh, config.train.global_batch_size)
+  train_ds = pipeline.train_dataset(
+      train_src, sampler=sampler, global_batch_size=config.train.global_batch_size,
+      n_max=config.n_max, num_sample=d.num_sample, flip=d.flip, scale=tuple(d.scale),
+      ratio=tuple(d.ratio), seed=config.seed, process_index=block, process_count=blocks,
+      start_step=start).to_iter_dataset()
+  if d.workers:
+    train_ds = train_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.workers))
+  train_iter = iter(train_ds)
 
   # --------------------------------------------------------- Compile, memory -----
   rng = jax.random.key(config.seed + 1)
@@ -275,6 +297,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   stats: dict[str, int] = {}
   result: dict[str, Any] = {}
   t0, seen_tokens, host = time.perf_counter(), 0, first
+  last_line = t0
   end = total if stop_at is None else min(stop_at, total)
   # A bar on a terminal only (disable=None); cluster logs get the log lines below.
   bar = tqdm.tqdm(total=total, initial=start, desc='train', unit='step', dynamic_ncols=True,
@@ -291,22 +314,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state, metrics = compiled(state, tokens, rng, *teacher)
     done = step + 1
     bar.update()
-    if done % config.train.log_every == 0 or done == total:
+    due = done % config.train.log_every == 0 or done == total
+    if due or time.perf_counter() - last_line >= PROGRESS_SECONDS:
       metrics = {k: float(to_host(v)) for k, v in metrics.items()}
-      dt = time.perf_counter() - t0
+      last_line = time.perf_counter()
+      dt = last_line - t0
       rate = (done - start) / dt
       metrics.update(steps_per_s=rate, tokens_per_s=seen_tokens / dt,
                      replaced_videos=stats.get('replaced', 0), compiles=counter.count,
                      skipped_updates=optim.skipped_updates(state.opt_state))
-      writer.write(done, metrics)
+      if due:  # metrics.jsonl keeps its log_every cadence
+        writer.write(done, metrics)
       bar.set_postfix(loss=f"{metrics['loss']:.4f}", tokens_per_s=f'{seen_tokens / dt:.0f}')
-      logging.info('step %d/%d loss %.4f  %.2f steps/s  ETA %.0fs', done, total,
-                   metrics['loss'], rate, (total - done) / max(rate, 1e-9))
+      if jax.process_index() == 0:
+        progress(f'step {done}/{total} loss {metrics["loss"]:.4f}  {rate:.2f} steps/s  '
+                 f'ETA {_duration((total - done) / max(rate, 1e-9))}')
     if e.every_steps and (done % e.every_steps == 0 or done == total):
       result = run_eval()
       writer.write(done, {f'eval_{k}': v for k, v in result.items()})
       logging.info('step %d eval %s', done, result)
-    ckpt.save(done, state, train_iter, force=done in (total, end))
+    ckpt.save(done, state, dict(stream, step=done), force=done in (total, end))
   bar.close()
   writer.close()
   ckpt.wait()

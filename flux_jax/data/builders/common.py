@@ -1,4 +1,5 @@
-"""What the TFDS builders share: the record schema, preparing offline, a process pool."""
+"""What the TFDS builders share: the record schema, preparing offline and once per job, a
+process pool."""
 
 from __future__ import annotations
 
@@ -10,12 +11,17 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
+from absl import logging
 from etils import epath
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
+from flux_jax import hosts
+
 _T = TypeVar('_T')
 _R = TypeVar('_R')
+_B = TypeVar('_B', bound=tfds.core.DatasetBuilder)
 
 
 class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -61,12 +67,52 @@ def record(video: bytes, label: int, video_id: str, info) -> dict:
           'height': info.height, 'width': info.width}
 
 
-def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
-  """Generates array_record files from local data only: no download, no GCS lookup."""
-  builder.download_and_prepare(
-      file_format='array_record',
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-  return builder
+def prepare(make_builder: Callable[[], _B]) -> _B:
+  """Generates array_record files from local data only (no download, no GCS lookup),
+  or reuses a finished build; returns the builder.
+
+  Safe for many hosts: on a multi-host job process 0 builds while the others wait, then
+  each of them makes its builder and finds the build (a shared data dir) or makes its
+  own (a host-local one). A version directory that a killed build left unfinished
+  (`incomplete_reason`) is removed and built again, never opened.
+  """
+  def one() -> _B:
+    builder = make_builder()
+    path = epath.Path(builder.data_dir)
+    why = incomplete_reason(path)
+    if path.exists() and why:
+      logging.warning('%s is half-built (%s): removing it and building again', path, why)
+      path.rmtree()
+      builder = make_builder()  # the first one read the half-built directory's info
+    if jax.process_index() == 0:  # leftovers of killed builds (TFDS renames when done)
+      for stale in path.parent.glob(f'incomplete.*_{path.name}'):
+        stale.rmtree()
+    built = not path.exists()
+    builder.download_and_prepare(
+        file_format='array_record',
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    logging.info('process %d %s %s', jax.process_index(), 'built' if built else 'reused',
+                 path)
+    return builder
+  return hosts.process_zero_first('dataset build', one)
+
+
+def incomplete_reason(path: epath.Path) -> str | None:
+  """Why the dataset version directory `path` is not a finished build, None if it is:
+  its dataset_info.json and every shard file that it lists must exist."""
+  if not path.exists():
+    return 'missing'
+  if not (path / 'dataset_info.json').exists():
+    return 'no dataset_info.json'
+  try:
+    splits = tfds.builder_from_directory(os.fspath(path)).info.splits
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    return f'unreadable dataset_info.json: {e}'
+  for name, split in splits.items():
+    missing = [p for p in split.filepaths if not epath.Path(p).exists()]
+    if missing:
+      return f'split {name!r} lacks {len(missing)} of {len(split.filepaths)} shard files'
+  return None
 
 
 def default_workers() -> int:

@@ -16,6 +16,8 @@ every example depends only on (config seed, split, i), never on the worker count
 
 from __future__ import annotations
 
+import functools
+
 import dataclasses
 
 import numpy as np
@@ -124,5 +126,5 @@ def build(name_or_config: str | SyntheticMotionConfig, data_dir: str,
       so a calling script needs an `if __name__ == '__main__':` guard.
   """
   workers = common.default_workers() if num_workers is None else num_workers
-  builder = SyntheticMotion(data_dir=data_dir, config=name_or_config, num_workers=workers)
-  return common.prepare(builder)
+  return common.prepare(functools.partial(SyntheticMotion, data_dir=data_dir,
+                                          config=name_or_config, num_workers=workers))

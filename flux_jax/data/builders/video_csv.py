@@ -260,4 +260,5 @@ def build(config: VideoCsvConfig, data_dir: str,
   script needs an `if __name__ == '__main__':` guard.
   """
   workers = common.default_workers() if num_workers is None else num_workers
-  return common.prepare(VideoCsv(data_dir=data_dir, config=config, num_workers=workers))
+  return common.prepare(functools.partial(VideoCsv, data_dir=data_dir, config=config,
+                                          num_workers=workers))
