@@ -21,9 +21,10 @@ ROOT = pathlib.Path(__file__).parents[1]
 
 
 def _train(processes: int, workdir, data_dir, *flags):
-  # Flux-Single keeps the four runs' compiles short; the step and the input are the loop's.
+  # Flux-Single and no evaluation keep the four runs short; the step and the input are the
+  # loop's.
   args = ['flux_jax.main', '--config', 'configs/debug.py', '--workdir', str(workdir),
-          f'--config.data.data_dir={data_dir}', '--config.eval.every_steps=0',
+          f'--config.data.data_dir={data_dir}', '--config.eval.every_steps=-1',
           '--config.train.mode=single', *flags]
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   if processes == 1:
@@ -52,6 +53,7 @@ def test_two_processes_train_like_one_and_resume_across_topologies(tmp_path):
   data = tmp_path / 'tfds'
   # 2 x 2 devices, steps 1-2, from a fresh data dir.
   log = _train(2, tmp_path / 'a', data, '--stop_at=2')
+  assert not (tmp_path / 'a' / 'params').exists()  # only a finished run exports
   built = re.findall(r'process (\d) (built|reused) \S*synthetic_motion/tiny', log)
   assert sorted(built) == [('0', 'built'), ('1', 'reused')], built
   assert re.search(r'step 2/4 loss [\d.]+ +[\d.]+ steps/s +ETA', log)  # progress lines

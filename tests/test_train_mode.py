@@ -6,7 +6,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from flux_jax.model import init_params, make_model
 from flux_jax.tokens import patchify
@@ -17,9 +16,9 @@ def _tokens():
   return patchify(video, n_max=60)
 
 
-@pytest.mark.parametrize('remat', [False, True])
-def test_gradients_reach_every_used_parameter(remat):
-  model = make_model(dict(variant='tiny', num_classes=5, drop_path_rate=0.5, remat=remat))
+def test_gradients_reach_every_used_parameter():
+  # Remat gives these same gradients: test_remat_policies_give_the_same_gradients.
+  model = make_model(dict(variant='tiny', num_classes=5, drop_path_rate=0.5))
   params = init_params(model, jax.random.key(0))
   tokens = _tokens()
 

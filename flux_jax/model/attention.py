@@ -258,7 +258,8 @@ def splash_attention(q, k, v, valid, *, interpret: bool | None = None):
   `interpret` defaults to "not compiling for TPU" (Pallas interpret mode on CPU).
   """
   # Imported here: the TPU kernels are only needed when this backend runs.
-  from jax.experimental.pallas.ops.tpu.splash_attention import (  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from jax.experimental.pallas.ops.tpu.splash_attention import (
       splash_attention_kernel as splash, splash_attention_mask as masks)
   b, n, nh, hd = q.shape
   if k.shape[1] != n:

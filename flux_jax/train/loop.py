@@ -329,7 +329,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if jax.process_index() == 0:
         progress(f'step {done}/{total} loss {metrics["loss"]:.4f}  {rate:.2f} steps/s  '
                  f'ETA {_duration((total - done) / max(rate, 1e-9))}')
-    if e.every_steps and (done % e.every_steps == 0 or done == total):
+    if e.every_steps > 0 and (done % e.every_steps == 0 or done == total):
       result = run_eval()
       writer.write(done, {f'eval_{k}': v for k, v in result.items()})
       logging.info('step %d eval %s', done, result)
@@ -338,7 +338,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.close()
   ckpt.wait()
   ckpt.close()
-  if not result and distillation is None:  # distillation trains no classifier
+  # eval.every_steps: N > 0 every N steps and at the end, 0 at the end only, < 0 never;
+  # distillation trains no classifier.
+  if not result and distillation is None and e.every_steps >= 0:
     result = run_eval()
   if int(state.step) == total:
     export_params(config, workdir, model, state if distillation is None else
