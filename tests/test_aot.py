@@ -47,13 +47,14 @@ def test_tiny_recipe_compiles_for_v5e_with_the_splash_kernel():
   assert report['ops']['pallas_kernels'] == 3 * 2 * 3
   # Data parallelism: the gradients are summed over the 4 chips.
   assert report['ops']['all-reduce'] >= 1
-  # Memory per chip: the donated state is aliased, the peak covers the arguments and
-  # temporaries and is far below a v5e chip's 16 GiB.
+  # Memory per chip: libtpu compiled it, the donated state is aliased, the peak holds more
+  # than the arguments and is far below a v5e chip's 16 GiB.
   assert report['hbm_bytes_per_chip'] == 16 * 2**30 and report['fits'] is True
   assert 0 < report['alias_bytes_per_chip'] <= report['output_bytes_per_chip']
-  assert report['peak_bytes_per_chip'] >= max(report['argument_bytes_per_chip'],
-                                              report['temp_bytes_per_chip'])
-  assert report['peak_bytes_per_chip'] < 2**30
+  assert report['total_bytes_per_chip'] == (
+      report['argument_bytes_per_chip'] + report['output_bytes_per_chip']
+      - report['alias_bytes_per_chip'] + report['temp_bytes_per_chip'])
+  assert report['argument_bytes_per_chip'] < report['peak_bytes_per_chip'] < 2**30
   # The model's FLOPs exceed XLA's count of the compiled program, which has no FLOPs for
   # the Pallas kernels; per chip is a quarter of the step.
   assert report['flops_per_chip'] == pytest.approx(report['flops_per_step'] / 4)
@@ -74,3 +75,18 @@ def test_bad_topologies_and_configs_are_refused_with_the_reason():
   assert proc.returncode == 2 and 'mesh.tensor=3' in proc.stderr
   proc = _bench('--config', 'configs/debug.py', '--topology', 'v9:2x2', check=False)
   assert proc.returncode == 2 and 'expected GENERATION' in proc.stderr
+
+
+@pytest.mark.slow  # one more TPU compile; make test-slow
+def test_a_step_that_exceeds_hbm_is_reported_as_not_fitting():
+  """libtpu refuses a program larger than the chip: the report says so, with the
+  temporaries it would need, instead of failing."""
+  _libtpu_or_skip()
+  proc = _bench('--config', 'configs/debug.py', '--topology', 'v5e:2x2', '--batch_per_chip',
+                '4096', '--json')
+  report = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert report['fits'] is False and 'exceeds available HBM' in report['error']
+  assert report['temp_bytes_per_chip'] > report['usable_hbm_bytes_per_chip']
+  assert report['usable_hbm_bytes_per_chip'] <= report['hbm_bytes_per_chip']
+  assert report['peak_bytes_per_chip'] > report['hbm_bytes_per_chip']
+  assert '| fits | NO |' in proc.stdout

@@ -11,7 +11,10 @@ train_compile does. Nothing is allocated and no data or checkpoint is read.
 
 Per chip it reports argument, output, temporary and peak bytes (`memory_analysis()`),
 the chip's HBM and whether the step fits, the collectives in the optimized program and
-the fused attention kernels (Pallas custom calls) in it. FLOPs per step are the model's,
+the fused attention kernels (Pallas custom calls) in it. The step fits when libtpu
+compiles it: libtpu refuses a program that exceeds the chip's HBM (RESOURCE_EXHAUSTED,
+with the temporaries it would need, which the report then gives), and under pressure
+it rematerializes more on its own, so a peak near the HBM means extra recompute. FLOPs per step are the model's,
 whatever kernel runs them: the same step lowered for one CPU device with every attention
 as XLA matmuls (XLA's cost analysis counts no FLOPs inside a Pallas kernel, and a TPU
 lowering has no cost analysis without a TPU client).
@@ -39,6 +42,9 @@ from flux_jax.tokens.token_batch import TokenBatch
 TOPOLOGY = re.compile(r'^(v4|v5e|v5p|v6e):(\d+)x(\d+)(?:x(\d+))?$')
 # HBM per chip (Cloud TPU system architecture pages), by the device kind libtpu reports.
 HBM_GIB_PER_CHIP = {'TPU v4': 32, 'TPU v5 lite': 16, 'TPU v5': 95, 'TPU v6 lite': 32}
+# libtpu's refusal of a program that does not fit: temporaries needed, HBM available.
+OUT_OF_MEMORY = re.compile(r'memory required for HLO temporaries \(([\d.]+)G\) exceeds '
+                           r'available HBM \(([\d.]+)G\)')
 COLLECTIVES = ('all-gather', 'all-reduce', 'reduce-scatter', 'collective-permute',
                'all-to-all')
 # <checkout>/.venv/libtpu: where `make .venv/.aot` puts libtpu, away from the runtime venv.
@@ -171,25 +177,14 @@ def run(config, topology: str, batch_per_chip: int | None = None) -> dict[str, A
   model = program.model
   args = _abstract_args(program, global_batch, config.n_max, model.patch_dim)
 
-  t0 = time.perf_counter()
-  lowered = program.lower(*args)
-  compiled = lowered.compile()
-  compile_s = time.perf_counter() - t0
-  mem = compiled.memory_analysis()
-  peak = mem.peak_memory_in_bytes or (mem.argument_size_in_bytes + mem.output_size_in_bytes
-                                      - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
   kind = devices[0].device_kind
   per_chip = len(devices) // chips  # v4 topologies expose two devices per chip
   hbm = HBM_GIB_PER_CHIP[kind] * 2**30 // per_chip if kind in HBM_GIB_PER_CHIP else None
-
-  flops = model_flops(config, global_batch)
-  compiled_cost = compiled.cost_analysis() or {}
-
   with sharding.tracing_context(mesh, program.rules):
     probe = jax.ShapeDtypeStruct((1, 2048, model.num_heads, model.embed_dim // model.num_heads),
                                  model.dtype)
     resolved = attention.resolve(model.attention, probe, probe)[0]
-  return dict(
+  report = dict(
       topology=topology, device_kind=kind, chips=chips, devices=len(devices),
       mesh=dict(mesh.shape), mode=config.train.mode,
       model=f'D{model.embed_dim} x {model.depth}', dtype=jax.numpy.dtype(model.dtype).name,
@@ -198,42 +193,84 @@ def run(config, topology: str, batch_per_chip: int | None = None) -> dict[str, A
       else [config.train.single_budget] if config.train.mode == 'single'
       else list(config.distill.s_tokens),
       global_batch=global_batch, batch_per_chip=global_batch / chips,
-      compile_s=compile_s,
+      hbm_bytes_per_chip=hbm, flops_per_step=model_flops(config, global_batch))
+  report['flops_per_chip'] = (None if report['flops_per_step'] is None else
+                              report['flops_per_step'] / len(devices))
+
+  t0 = time.perf_counter()
+  lowered = program.lower(*args)
+  try:
+    compiled = lowered.compile()
+  except jax.errors.JaxRuntimeError as e:
+    # libtpu refuses a program that exceeds the chip's HBM, with what it would need.
+    need = OUT_OF_MEMORY.search(str(e))
+    if 'RESOURCE_EXHAUSTED' not in str(e) or not need:
+      raise
+    arguments = _bytes_per_device(args)
+    return dict(report, compile_s=time.perf_counter() - t0, fits=False,
+                argument_bytes_per_chip=arguments, output_bytes_per_chip=None,
+                alias_bytes_per_chip=None,
+                temp_bytes_per_chip=int(float(need.group(1)) * 2**30),
+                peak_bytes_per_chip=arguments + int(float(need.group(1)) * 2**30),
+                usable_hbm_bytes_per_chip=int(float(need.group(2)) * 2**30),
+                xla_flops_per_chip=None, ops=None, error=need.group(0))
+  mem = compiled.memory_analysis()
+  total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+           + mem.temp_size_in_bytes)
+  return dict(
+      report, compile_s=time.perf_counter() - t0,
+      fits=True,  # libtpu compiled it for this chip: it fits (else RESOURCE_EXHAUSTED)
       argument_bytes_per_chip=mem.argument_size_in_bytes,
       output_bytes_per_chip=mem.output_size_in_bytes,
       alias_bytes_per_chip=mem.alias_size_in_bytes,
       temp_bytes_per_chip=mem.temp_size_in_bytes,
-      peak_bytes_per_chip=peak, hbm_bytes_per_chip=hbm,
-      fits=None if hbm is None else peak <= hbm,
-      flops_per_step=flops, flops_per_chip=None if flops is None else flops / len(devices),
-      xla_flops_per_chip=compiled_cost.get('flops'),
+      peak_bytes_per_chip=mem.peak_memory_in_bytes or total, total_bytes_per_chip=total,
+      xla_flops_per_chip=(compiled.cost_analysis() or {}).get('flops'),
       ops=count_ops(compiled.as_text()))
+
+
+def _bytes_per_device(tree) -> int:
+  """Bytes of one device's shards of a tree of ShapeDtypeStructs with shardings."""
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+             for x in jax.tree.leaves(tree))
 
 
 def format_report(r: dict[str, Any]) -> str:
   gib = lambda b: 'n/a' if b is None else f'{b / 2**30:.2f} GiB'  # noqa: E731
   tflop = lambda f: 'n/a' if f is None else f'{f / 1e12:.2f} TFLOP'  # noqa: E731
-  fits = {None: 'unknown chip', True: 'yes', False: 'NO'}[r['fits']]
-  ops = ', '.join(f'{k} {v}' for k, v in r['ops'].items() if k in COLLECTIVES and v)
   lines = [
       f"{r['mode']} step, {r['model']} {r['dtype']}, remat {r['remat']}, attention "
       f"{r['attention']} -> {r['attention_runs']}, budgets {r['budgets']}, N_max "
       f"{r['n_max']}",
       f"{r['topology']}: {r['chips']} x {r['device_kind']} ({r['devices']} devices), mesh "
       f"{r['mesh']}, {r['batch_per_chip']:g} clips per chip (global {r['global_batch']})",
-      f"compiled in {r['compile_s']:.1f} s",
+      f"compiled in {r['compile_s']:.1f} s" if r['fits'] else
+      f"libtpu refused it in {r['compile_s']:.1f} s: {r['error']}",
       '',
       '| per chip | |', '|---|---|',
       f"| arguments | {gib(r['argument_bytes_per_chip'])} |",
-      f"| outputs (donated state aliased: {gib(r['alias_bytes_per_chip'])}) | "
-      f"{gib(r['output_bytes_per_chip'])} |",
-      f"| temporaries | {gib(r['temp_bytes_per_chip'])} |",
-      f"| peak | {gib(r['peak_bytes_per_chip'])} |",
-      f"| HBM | {gib(r['hbm_bytes_per_chip'])} |",
-      f'| fits | {fits} |',
-      f"| FLOPs per chip-step (model) | {tflop(r['flops_per_chip'])} |",
-      f"| FLOPs per chip-step (XLA count, no Pallas) | {tflop(r['xla_flops_per_chip'])} |",
-      f"| fused attention kernels | {r['ops']['pallas_kernels']} |",
-      f"| collectives | {ops or 'none'} |",
   ]
+  if r['fits']:
+    ops = ', '.join(f'{k} {v}' for k, v in r['ops'].items() if k in COLLECTIVES and v)
+    lines += [
+        f"| outputs (donated state aliased: {gib(r['alias_bytes_per_chip'])}) | "
+        f"{gib(r['output_bytes_per_chip'])} |",
+        f"| temporaries | {gib(r['temp_bytes_per_chip'])} |",
+        f"| peak (XLA's buffer assignment) | {gib(r['peak_bytes_per_chip'])} |",
+        f"| arguments + outputs - aliased + temporaries | {gib(r['total_bytes_per_chip'])} |",
+        f"| HBM | {gib(r['hbm_bytes_per_chip'])} |",
+        '| fits | yes (libtpu compiled it for this chip) |',
+        f"| FLOPs per chip-step (model) | {tflop(r['flops_per_chip'])} |",
+        f"| FLOPs per chip-step (XLA count, no Pallas) | {tflop(r['xla_flops_per_chip'])} |",
+        f"| fused attention kernels | {r['ops']['pallas_kernels']} |",
+        f"| collectives | {ops or 'none'} |",
+    ]
+  else:
+    lines += [
+        f"| temporaries needed | {gib(r['temp_bytes_per_chip'])} |",
+        f"| HBM usable | {gib(r['usable_hbm_bytes_per_chip'])} of "
+        f"{gib(r['hbm_bytes_per_chip'])} |",
+        '| fits | NO |',
+        f"| FLOPs per chip-step (model) | {tflop(r['flops_per_chip'])} |",
+    ]
   return '\n'.join(lines)
