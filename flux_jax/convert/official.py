@@ -15,8 +15,10 @@ from typing import Any, Callable, Mapping
 from absl import logging
 import flax
 import jax
+import ml_dtypes
 import numpy as np
 
+from flux_jax.convert import torch_files
 from flux_jax.model.fluxvit import FluxViT, abstract_params, init_params, make_model
 
 PREFIXES = ('backbone.', 'encoder.')
@@ -127,6 +129,8 @@ def _to_numpy(value, name: str, source: str) -> np.ndarray:
   arr = np.asarray(value)
   if arr.dtype == object:
     raise CheckpointError(f'{source}: entry {name!r} is not an array')
+  if arr.dtype == ml_dtypes.bfloat16 or np.issubdtype(arr.dtype, np.floating):
+    return arr.astype(np.float32)  # as the torch path: floats to float32
   return arr
 
 
@@ -142,9 +146,11 @@ def _read_file(path: str) -> Mapping[str, Any]:
                           '.bin (PyTorch) or .npz')
   try:
     import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise CheckpointError(f'{path}: reading PyTorch checkpoints needs torch '
-                          '(pip install torch)') from e
+  except ImportError:  # a TPU VM without torch: the zip format, restricted unpickling
+    try:
+      return torch_files.load(path)
+    except torch_files.TorchFileError as e:
+      raise CheckpointError(f'{e} (torch is not installed)') from e
   if not zipfile.is_zipfile(path):
     with open(path, 'rb') as f:
       head = f.read(2)
