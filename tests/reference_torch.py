@@ -135,9 +135,10 @@ class PatchEmbedDPN(nn.Module):
 
 # --------------------------------------------------------------------------- block
 class Attention(nn.Module):
-    """SPEC B.5 attention: qkv (no bias), QK-RMSNorm over full C, LPE on V before proj."""
+    """SPEC B.5 attention: qkv (no bias), QK-RMSNorm over full C, LPE on V before proj
+    (without LPE: the InternVideo2 attention, SPEC D.2)."""
 
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, use_lpe: bool = True):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -145,7 +146,7 @@ class Attention(nn.Module):
         # registration order: qkv, proj, lpe, q_norm, k_norm
         self.qkv = nn.Linear(dim, dim * 3, bias=False)
         self.proj = nn.Linear(dim, dim)
-        self.lpe = DepthwiseAffine(dim)
+        self.lpe = DepthwiseAffine(dim) if use_lpe else None
         self.q_norm = RMSNorm(dim, eps=1e-6)
         self.k_norm = RMSNorm(dim, eps=1e-6)
 
@@ -156,7 +157,7 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(2)  # each [B, N, C], channel order (head, head_dim)
         q = self.q_norm(q)
         k = self.k_norm(k)
-        v_lpe = self.lpe(v)
+        v_lpe = self.lpe(v) if self.lpe is not None else 0.0
         qh = q.reshape(B, N, H, D).transpose(1, 2)
         kh = k.reshape(B, N, H, D).transpose(1, 2)
         vh = v.reshape(B, N, H, D).transpose(1, 2)
@@ -179,11 +180,12 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, activation: str):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, activation: str,
+                 use_lpe: bool = True):
         super().__init__()
         # registration order: norm1, attn, ls1, norm2, mlp, ls2
         self.norm1 = RMSNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads)
+        self.attn = Attention(dim, num_heads, use_lpe)
         self.ls1 = LayerScale(dim)
         self.norm2 = RMSNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), activation)
@@ -222,6 +224,7 @@ class CrossAttention(nn.Module):
         k = F.linear(xk, self.k.weight, self.k_bias).reshape(B, Nk, H, D).transpose(1, 2)
         v = F.linear(xv, self.v.weight, self.v_bias).reshape(B, Nk, H, D).transpose(1, 2)
         attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        self.last_attention = attn.mean(1)  # [B, Nq, Nk], head mean (the IV2 teacher's attn)
         x = (attn @ v).transpose(1, 2).reshape(B, Nq, H * D)
         return self.proj(x)
 
@@ -405,6 +408,66 @@ class TorchFluxViT(nn.Module):
         if return_projected:
             return logits, self.final_clip_decoder_for_projs[align_proj](z)
         return logits, z
+
+
+class TorchIV2Teacher(nn.Module):
+    """The InternVideo2 teacher of SPEC D.2, written from the spec: FluxViT's blocks without
+    DPN, GPE proj and LPE (a plain Conv3d patch embed, RMSNorm eps 1e-6, qk-RMSNorm over
+    all heads, LayerScale, tanh-GELU MLP), a joint learned pos_embed [1, 1 + T0*G*G, C]
+    with cls at row 0, one attention-pooling projector (query = mean of all tokens).
+
+    forward returns what the teacher returns: the L2-normalised outputs of the blocks in
+    `return_index` (cls first, [L, B, 1 + K, C], in block order), the L2-normalised
+    projector output [B, clip], and the projector's head-mean attention over the tokens
+    with the cls key dropped [B, K]. `keep_per_group` keeps that many tokens of each
+    frame group (SPEC B.2) first, as the Flux-UMT teacher does on its token budget (D.5).
+    """
+
+    def __init__(self, embed_dim: int = 1408, depth: int = 40, num_heads: int = 16,
+                 mlp_ratio: float = 48 / 11, num_frames: int = 8, img_size: int = 224,
+                 patch_size: int = 14, attn_pool_num_heads: int = 16,
+                 clip_embed_dim: int = 768, return_index=(39, 36, 33, 29, 26, 23)):
+        super().__init__()
+        C = embed_dim
+        self.embed_dim, self.num_frames, self.patch_size = C, num_frames, patch_size
+        self.grid_size = img_size // patch_size
+        self.return_index = tuple(return_index)
+        g0 = self.grid_size
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv3d(3, C, (1, patch_size, patch_size),
+                                          (1, patch_size, patch_size))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, C))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + num_frames * g0 * g0, C))
+        self.blocks = nn.ModuleList([Block(C, num_heads, mlp_ratio, 'gelu_tanh', use_lpe=False)
+                                     for _ in range(depth)])
+        self.clip_projector = AttentionPoolingBlock(C, attn_pool_num_heads, clip_embed_dim)
+        self.last_kept_index: Optional[torch.Tensor] = None
+
+    def forward(self, x: torch.Tensor, keep_per_group: Optional[int] = None):
+        B, _, T, H, W = x.shape
+        Hp, Wp = H // self.patch_size, W // self.patch_size
+        E = self.patch_embed.proj(x.float())  # [B, C, T, Hp, Wp]
+        C = E.shape[1]
+        E = E.permute(0, 2, 3, 4, 1).reshape(B, T, Hp * Wp, C)
+        idx = None if keep_per_group is None else select_group_dynamic_torch(E, None, keep_per_group)
+        self.last_kept_index = idx
+        t0, g0 = self.num_frames, self.grid_size
+        grid = _resize_grid_torch(self.pos_embed[0, 1:].reshape(t0, g0, g0, C), T, Hp, Wp)
+        pos = torch.cat([self.pos_embed[:, :1], grid.reshape(1, T * Hp * Wp, C)], dim=1)
+        tokens = torch.cat([self.cls_token.expand(B, -1, -1), E.reshape(B, T * Hp * Wp, C)], 1)
+        tokens = tokens + pos
+        if idx is not None:
+            body = torch.gather(tokens[:, 1:], 1, idx.unsqueeze(-1).expand(-1, -1, C))
+            tokens = torch.cat([tokens[:, :1], body], dim=1)
+        z = {}
+        for i, blk in enumerate(self.blocks):
+            tokens = blk(tokens)
+            if i in self.return_index:
+                z[i] = tokens / tokens.norm(dim=-1, keepdim=True)
+        out = self.clip_projector(tokens)
+        attn = self.clip_projector.cross_attn.last_attention[:, 0, 1:]  # [B, K]
+        return (torch.stack([z[i] for i in sorted(z)]), out / out.norm(dim=-1, keepdim=True),
+                attn)
 
 
 # --------------------------------------------------------------------------- helpers

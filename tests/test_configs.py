@@ -33,3 +33,8 @@ def test_config_arg_parsing():
       budget=1024, flag=True)
   with pytest.raises(ValueError, match='budgt'):
     common.parse_arg('budgt=3', budget=1)
+
+
+def test_official_model_names_are_variants():
+  for official, ours in (('fluxvit_small_patch14', 'small'), ('fluxvit_base_patch14', 'base')):
+    assert make_model(common.model(official)) == make_model(common.model(ours))

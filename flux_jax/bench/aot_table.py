@@ -33,6 +33,7 @@ _TIMEOUT = flags.DEFINE_integer('timeout', 7200, 'Seconds allowed per compile.')
 
 K400 = 'configs/fluxvit_k400.py:variant={variant},mode={mode}'
 UMT = 'configs/umt_fluxvit_s_from_b.py'
+UMT_IV2 = 'configs/umt_fluxvit_s_from_iv2_1b.py'
 OFFICIAL_BATCH = 16
 
 
@@ -57,6 +58,8 @@ CELLS = (
     Cell('s_multi_v5p', K400.format(variant='small', mode='multi'), 'v5p:2x2x1'),
     Cell('b_multi_v5p', K400.format(variant='base', mode='multi'), 'v5p:2x2x1'),
     Cell('s_multi_v6e', K400.format(variant='small', mode='multi'), 'v6e:2x4'),
+    Cell('iv2_umt_v5e', UMT_IV2, 'v5e:2x4', search=True),
+    Cell('iv2_umt_v5p', UMT_IV2, 'v5p:2x2x1'),
     Cell('s_multi_v5e_dots', K400.format(variant='small', mode='multi'), 'v5e:2x4',
          remat='dots_with_no_batch_dims_saveable'),
     Cell('s_multi_v5e_none', K400.format(variant='small', mode='multi'), 'v5e:2x4',

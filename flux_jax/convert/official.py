@@ -69,20 +69,23 @@ def _conv1x1(name: str, path: tuple[str, ...], shape: tuple[int, ...]) -> list[R
 
 
 def rules_for(model: FluxViT) -> list[Rule]:
-  """Every official tensor except pos_embed (split into two params, see below)."""
+  """Every official tensor except pos_embed (split into two params, see below), for the
+  parts the model has (GPE proj, DPN norms and LPE follow its flags)."""
   c, nh = model.embed_dim, model.num_heads
   hd = c // nh
   kt, p = model.tubelet_size, model.patch_size
   pdim = model.patch_dim
   r = [Rule('cls_token', ('cls_token',), lambda x: x.reshape(c), lambda x: x.reshape(1, 1, c))]
-  r += _conv1x1('gpe_proj.depthwise_conv', ('gpe_proj',), (c,))
+  if model.use_gpe_proj:
+    r += _conv1x1('gpe_proj.depthwise_conv', ('gpe_proj',), (c,))
   # Conv3d [C, 3, kt, p, p] -> Dense [(kt, p, p, 3), C], rgb fastest (SPEC A.3).
   r.append(Rule('patch_embed.proj.weight', ('patch_embed', 'proj', 'kernel'),
                 lambda w: w.transpose(2, 3, 4, 1, 0).reshape(pdim, c),
                 lambda k: k.reshape(kt, p, p, 3, c).transpose(4, 3, 0, 1, 2)))
   r.append(Rule('patch_embed.proj.bias', ('patch_embed', 'proj', 'bias'), _same, _same))
-  r += _norm('patch_embed.norm', ('patch_embed', 'norm'), bias=False)
-  r += _norm('patch_embed.norm_before', ('patch_embed', 'norm_before'), bias=False)
+  if model.dual_norm_in_patch_embed:
+    r += _norm('patch_embed.norm', ('patch_embed', 'norm'), bias=False)
+    r += _norm('patch_embed.norm_before', ('patch_embed', 'norm_before'), bias=False)
   for i in range(model.depth):
     o, b = f'blocks.{i}', (f'blocks_{i}',)
     r += _norm(f'{o}.norm1', b + ('norm1',), bias=False)
@@ -92,7 +95,8 @@ def rules_for(model: FluxViT) -> list[Rule]:
     r.append(Rule(f'{o}.attn.proj.weight', b + ('attn', 'proj', 'kernel'),
                   lambda w: w.T.reshape(nh, hd, c), lambda k: k.reshape(c, c).T))
     r.append(Rule(f'{o}.attn.proj.bias', b + ('attn', 'proj', 'bias'), _same, _same))
-    r += _conv1x1(f'{o}.attn.lpe.depthwise_conv', b + ('attn', 'lpe'), (nh, hd))
+    if model.use_lpe:
+      r += _conv1x1(f'{o}.attn.lpe.depthwise_conv', b + ('attn', 'lpe'), (nh, hd))
     for qk in ('q_norm', 'k_norm'):
       r.append(Rule(f'{o}.attn.{qk}.weight', b + ('attn', qk, 'scale'),
                     lambda w: w.reshape(nh, hd), lambda s: s.reshape(c)))

@@ -46,6 +46,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+# The official model names (SPEC A.1), as users copy them from the official scripts.
+VARIANTS['fluxvit_small_patch14'] = VARIANTS['small']
+VARIANTS['fluxvit_base_patch14'] = VARIANTS['base']
+
+
 def normalize_patches(patches: jax.Array) -> jax.Array:
   """uint8 pixel patches -> ImageNet-normalized float32; float patches pass unchanged.
 

@@ -1,0 +1,190 @@
+"""InternVideo2 vision-encoder checkpoints -> the Flux-UMT `Teacher` (SPEC D.2), and back.
+
+The InternVideo2 teacher (`internvideo2_teacher.py`) is FluxViT's ViT without DPN, GPE
+proj or LPE, with one attention-pooling projector: a FluxViT of variant 'iv2_1b' (or any
+variant with those flags off and one head). Its tensors carry the FluxViT names, except
+that the projector is `clip_projector.*` (one, not a list) and there is no classifier.
+The stage-2 checkpoints hold the vision encoder under `vision_encoder.` beside the text
+side; the loader keeps the vision encoder, drops what the teacher does not use (its
+pretraining decoders and extra pos embeds, SPEC D.2) and names anything else that does
+not fit.
+
+The stored pos_embed is [1, 1 + T0 * G * G, C]; T0 is read off the checkpoint (the
+spatial side is 16, the 224 px grid, unless `checkpoint_frames` says otherwise), and the
+table is resized in time to `num_frames` as InternVideo2 does on load (linear,
+align_corners=False; stage 2 stores 4 frames, the teacher runs 8). The teacher then
+resizes it to each clip's grid like any FluxViT (SPEC B.3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping, Sequence
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flux_jax.convert.official import (CheckpointError, Rule, official_state_dict,
+                                       rules_for)
+from flux_jax.model import posemb
+from flux_jax.model.fluxvit import FluxViT, abstract_params, init_params, make_model
+from flux_jax.model.teacher import Teacher
+from flux_jax.tokens.token_batch import grid_coords
+
+PREFIX = 'vision_encoder.'
+# Vision-encoder tensors of the pretraining checkpoints that the teacher does not use.
+DROPPED = ('clip_decoder.', 'final_clip_decoder.', 'clip_pos_embed', 'clip_img_pos_embed',
+           'img_pos_embed')
+# The layers the IV2-1B teacher returns: depth - 1 - int(i * 3.34), i < 6 (SPEC D.2).
+IV2_1B_LAYERS = (39, 36, 33, 29, 26, 23)
+SPATIAL_GRID = 16  # 224 px / patch 14: the grid InternVideo2 is pretrained at
+
+
+def iv2_rules(model: FluxViT) -> list[Rule]:
+  """The FluxViT rules under InternVideo2 names: one projector, no classifier."""
+  out = []
+  for rule in rules_for(model):
+    if rule.official.startswith(('head.', 'fc_norm.')):
+      continue  # the teacher has no classifier (ours exists, at init, unused)
+    if rule.official.startswith('clip_projector.0.'):
+      rule = dataclasses.replace(rule, official='clip_projector.' + rule.official[17:])
+    out.append(rule)
+  return out
+
+
+def iv2_state_dict(path_or_state_dict) -> tuple[dict[str, np.ndarray], str]:
+  """(the vision encoder's tensors by teacher name as numpy, the source's name)."""
+  source = (os.fspath(path_or_state_dict)
+            if isinstance(path_or_state_dict, (str, os.PathLike)) else '<state dict>')
+  sd = official_state_dict(path_or_state_dict, source)
+  if any(k.startswith(PREFIX) for k in sd):
+    others = [k for k in sd if not k.startswith(PREFIX)]
+    if others:
+      logging.info('%s: keeping the vision encoder, ignoring %d other tensors (%s...)',
+                   source, len(others), others[:3])
+    sd = {k[len(PREFIX):]: v for k, v in sd.items() if k.startswith(PREFIX)}
+  dropped = [k for k in sd if k.startswith(DROPPED)]
+  if dropped:
+    logging.info('%s: dropping %d tensors the teacher does not use: %s', source,
+                 len(dropped), dropped[:6])
+  return {k: v for k, v in sd.items() if not k.startswith(DROPPED)}, source
+
+
+def _stored_grid(pos_embed: np.ndarray, num_frames: int, checkpoint_frames: int | None,
+                 source: str) -> tuple[int, int]:
+  """(T0, G) of a stored [1, 1 + T0 * G * G, C] pos_embed."""
+  n = pos_embed.shape[1] - 1
+  for t0 in ([checkpoint_frames] if checkpoint_frames else
+             [num_frames, n // SPATIAL_GRID ** 2]):
+    g = int(round((n / t0) ** 0.5)) if t0 and n % t0 == 0 else 0
+    if g and t0 * g * g == n:
+      return t0, g
+  raise CheckpointError(f'{source}: pos_embed holds {n} grid positions, neither '
+                        f'num_frames={num_frames} nor a {SPATIAL_GRID}x{SPATIAL_GRID} grid '
+                        'per frame; pass checkpoint_frames (the frames it was saved with)')
+
+
+def _resize_time(table: np.ndarray, frames: int) -> np.ndarray:
+  """[T0, G, G, C] -> [frames, G, G, C], linear in time (the GLPE's own resize)."""
+  t, g, _, c = table.shape
+  coords = grid_coords(frames, g, g)[None]  # [1, frames * G * G, 3]
+  grid = np.array([[frames, g, g]], np.int32)
+  out = jax.jit(posemb.interpolate_at)(jnp.asarray(table), coords, grid)
+  return np.asarray(out).reshape(frames, g, g, c)
+
+
+def load_iv2_teacher(path_or_state_dict, *, variant: str = 'iv2_1b', num_frames: int = 8,
+                     layers: Sequence[int] | None = None, head: int = 0,
+                     checkpoint_frames: int | None = None, strict: bool = True,
+                     **model_overrides) -> tuple[Teacher, dict]:
+  """An InternVideo2 vision encoder as the frozen Teacher of Flux-UMT (SPEC D.2, D.5).
+
+  Args:
+    path_or_state_dict: a .pth/.pt/.bin file (read without torch when torch is absent),
+      an .npz, or a mapping of names to arrays; the stage-1 or stage-2 1B checkpoint as
+      released (`module`/`model` unwrapped, `vision_encoder.` stripped).
+    variant: the FluxViT variant of the teacher's shape ('iv2_1b', or any variant with
+      no DPN, GPE proj or LPE and one head, e.g. a small test model via overrides).
+    num_frames: the frames the teacher's pos_embed is resized to (InternVideo2: 8).
+    layers: block indices returned; None: the IV2-1B teacher's (39, 36, ..., 23).
+    head: the projector (the only one: 0).
+    checkpoint_frames: the frames of the stored pos_embed when its grid is not
+      num_frames x G x G or per frame 16 x 16.
+    strict: refuse missing tensors (else they stay at init, logged).
+    **model_overrides: other FluxViT fields (dtype, embed_dim, depth, ... for tests).
+
+  Returns:
+    (Teacher, float32 params); the params are the teacher FluxViT's (its classifier,
+    which the teacher never calls, at init).
+
+  Raises:
+    CheckpointError: a file that is not an InternVideo2 vision encoder of this shape,
+      naming the missing and unexpected tensors and any shape that does not fit.
+  """
+  sd, source = iv2_state_dict(path_or_state_dict)
+  if 'pos_embed' not in sd or 'patch_embed.proj.weight' not in sd:
+    raise CheckpointError(f'{source}: not an InternVideo2 vision encoder (no pos_embed or '
+                          f'patch_embed.proj.weight; keys start {sorted(sd)[:5]})')
+  t0, g = _stored_grid(sd['pos_embed'], num_frames, checkpoint_frames, source)
+  model = make_model(dict(variant=variant, num_classes=1, pos_grid=(num_frames, g, g),
+                          **model_overrides))
+  if (model.dual_norm_in_patch_embed or model.use_gpe_proj or model.use_lpe
+      or len(model.head_budgets) != 1):
+    raise CheckpointError(f'{source}: variant {variant!r} is not an InternVideo2 ViT (it '
+                          'needs no DPN, GPE proj or LPE and one head)')
+  layers = tuple(IV2_1B_LAYERS if layers is None else layers)
+  if any(not 0 <= i < model.depth for i in layers):
+    raise CheckpointError(f'layers {layers} out of range for depth {model.depth}')
+
+  rules = iv2_rules(model)
+  known = {r.official for r in rules} | {'pos_embed'}
+  missing, unexpected = sorted(known - set(sd)), sorted(set(sd) - known)
+  if unexpected or (missing and strict):
+    raise CheckpointError(
+        f'{source} does not match the InternVideo2 ViT of variant={variant!r} (depth '
+        f'{model.depth}, width {model.embed_dim}):\n  missing: {missing}\n'
+        f'  unexpected: {unexpected}')
+  if missing:
+    logging.warning('%s: %d tensors missing, left at init: %s', source, len(missing), missing)
+  c = model.embed_dim
+  pe = sd['pos_embed']
+  if pe.shape[-1] != c:
+    raise CheckpointError(f'{source}: pos_embed has width {pe.shape[-1]}, variant '
+                          f'{variant!r} has {c}')
+  table = pe[0, 1:].reshape(t0, g, g, c).astype(np.float32)
+  if t0 != num_frames:
+    logging.info('%s: pos_embed resized in time from %d to %d frames', source, t0, num_frames)
+    table = _resize_time(table, num_frames)
+  flat = {('cls_pos',): pe[0, 0], ('pos_embed',): table}
+  shapes = flax.traverse_util.flatten_dict(abstract_params(model))
+  for rule in rules:
+    if rule.official in sd:
+      value = rule.to_ours(sd[rule.official])
+      if value.shape != shapes[rule.path].shape:
+        raise CheckpointError(f'{source}: {rule.official} {tuple(sd[rule.official].shape)} '
+                              f'does not fit {"/".join(rule.path)} '
+                              f'{shapes[rule.path].shape} of variant {variant!r}')
+      flat[rule.path] = value
+  fresh = flax.traverse_util.flatten_dict(init_params(model, jax.random.key(0)))
+  for path in shapes:
+    flat.setdefault(path, np.asarray(fresh[path]))  # the classifier (and what is missing)
+  params = flax.traverse_util.unflatten_dict(
+      {k: np.asarray(v, np.float32) for k, v in flat.items()})
+  return Teacher(model, layers, head), params
+
+
+def to_iv2_state_dict(model: FluxViT, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """The teacher's params under InternVideo2 names and layouts (no `vision_encoder.`),
+  pos_embed at the teacher's frames: `load_iv2_teacher` of it gives the params back."""
+  flat = {k: np.asarray(v) for k, v in
+          flax.traverse_util.flatten_dict(flax.linen.unbox(params)).items()}
+  pos = flat[('pos_embed',)]
+  out = {'pos_embed': np.concatenate([flat[('cls_pos',)][None],
+                                      pos.reshape(-1, pos.shape[-1])], axis=0)[None]}
+  for rule in iv2_rules(model):
+    out[rule.official] = rule.to_official(flat[rule.path])
+  return out
