@@ -15,7 +15,7 @@ configs/fluxvit_k400.py), then on a pod:
       -m flux_jax.main --config configs/umt_fluxvit_s_from_b.py:teacher=/ckpt/fluxvit_b \
       --workdir gs://bucket/umt_s
 
-`teacher=iv2_1b` distils from the InternVideo2-1B ViT instead (layers 39..23, SPEC D.2);
+`teacher=iv2_1b` distils from the InternVideo2-1B ViT instead (layers 23..39, SPEC D.2);
 its params directory must come from a converter of the IV2 checkpoint. `classes` is the
 label count of the built dataset (the student's classifier is retrained at fine-tuning).
 `runlocal=true`: a tiny random teacher and student, two steps, a shape check.
@@ -64,8 +64,10 @@ def get_config(arg: str | None = None):
   config.distill = distill(teacher='' if a['teacher'] == 'iv2_1b' else a['teacher'],
                            teacher_dtype='bfloat16')
   if a['teacher'] == 'iv2_1b':
+    # Both in block order, as InternVideo2 stacks them: 23 <-> 6, ..., 39 <-> 11.
     config.distill.update(teacher_model=common.model('iv2_1b', num_classes=1),
-                          teacher_layers=(39, 36, 33, 29, 26, 23))
+                          teacher_layers=(23, 26, 29, 33, 36, 39),
+                          student_layers=(6, 7, 8, 9, 10, 11))
   config.mixup = common.mixup(enabled=False)
   config.optim = common.optim(lr=1e-3, warmup_epochs=20.0, b1=0.9, b2=0.98, eps=1e-6,
                               weight_decay=0.05, layer_decay=None, clip_grad=5.0)

@@ -1,7 +1,7 @@
 r"""Flux-UMT with the paper's teacher: FluxViT-S distilled from InternVideo2-1B (SPEC D.2,
 D.4, D.5): the teacher sees 2048 tokens of each flexibly sampled clip, the student passes
-2048/1536/1024 of them, aligned at the teacher's blocks 39, 36, 33, 29, 26, 23 and its
-projector. The rest of the recipe is configs/umt_fluxvit_s_from_b.py (InternVideo2's S14
+2048/1536/1024 of them, the student's blocks 6..11 aligned to the teacher's 23, 26, 29,
+33, 36, 39 and its projector. The rest of the recipe is configs/umt_fluxvit_s_from_b.py (InternVideo2's S14
 distillation numbers).
 
 Convert the released 1B vision encoder once (no torch needed), then train on a pod:

@@ -39,8 +39,9 @@ PREFIX = 'vision_encoder.'
 # Vision-encoder tensors of the pretraining checkpoints that the teacher does not use.
 DROPPED = ('clip_decoder.', 'final_clip_decoder.', 'clip_pos_embed', 'clip_img_pos_embed',
            'img_pos_embed')
-# The layers the IV2-1B teacher returns: depth - 1 - int(i * 3.34), i < 6 (SPEC D.2).
-IV2_1B_LAYERS = (39, 36, 33, 29, 26, 23)
+# The layers the IV2-1B teacher returns, depth - 1 - int(i * 3.34) for i < 6 (SPEC D.2),
+# in block order: the order its forward stacks them in (`z`).
+IV2_1B_LAYERS = (23, 26, 29, 33, 36, 39)
 SPATIAL_GRID = 16  # 224 px / patch 14: the grid InternVideo2 is pretrained at
 
 
@@ -110,7 +111,8 @@ def load_iv2_teacher(path_or_state_dict, *, variant: str = 'iv2_1b', num_frames:
     variant: the FluxViT variant of the teacher's shape ('iv2_1b', or any variant with
       no DPN, GPE proj or LPE and one head, e.g. a small test model via overrides).
     num_frames: the frames the teacher's pos_embed is resized to (InternVideo2: 8).
-    layers: block indices returned; None: the IV2-1B teacher's (39, 36, ..., 23).
+    layers: block indices returned, in this order; None: the IV2-1B teacher's, in its
+      order (23, 26, 29, 33, 36, 39).
     head: the projector (the only one: 0).
     checkpoint_frames: the frames of the stored pos_embed when its grid is not
       num_frames x G x G or per frame 16 x 16.

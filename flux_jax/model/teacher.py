@@ -48,7 +48,8 @@ class Teacher(nn.Module):
 
   Attributes:
     model: the teacher FluxViT.
-    layers: block indices returned, e.g. IV2-1B's (39, 36, 33, 29, 26, 23) (SPEC D.2).
+    layers: block indices returned, in this order, e.g. IV2-1B's (23, 26, 29, 33, 36, 39)
+      (SPEC D.2).
     head: the projector whose output and attention are the final target.
   """
   model: FluxViT
