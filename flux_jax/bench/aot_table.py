@@ -30,6 +30,8 @@ _OUT = flags.DEFINE_string('out', 'workdir/aot.jsonl', 'JSON lines of bench aot 
 _ONLY = flags.DEFINE_list('only', None, 'Cells to run (names); default: all.')
 _PRINT = flags.DEFINE_bool('print', False, 'Print the table from --out, compile nothing.')
 _TIMEOUT = flags.DEFINE_integer('timeout', 7200, 'Seconds allowed per compile.')
+_SEARCH = flags.DEFINE_bool('search', True, 'Search the largest batch for the cells marked '
+                            'so; --nosearch compiles every cell at 16 only (a first pass).')
 
 K400 = 'configs/fluxvit_k400.py:variant={variant},mode={mode}'
 UMT = 'configs/umt_fluxvit_s_from_b.py'
@@ -151,7 +153,7 @@ def main(argv):
       if _ONLY.value and cell.name not in _ONLY.value:
         continue
       try:
-        if cell.search:
+        if cell.search and _SEARCH.value:
           largest(cell, _OUT.value, done)
         else:
           compile_cell(cell, OFFICIAL_BATCH, _OUT.value, done)
