@@ -43,8 +43,11 @@ $(VENV)/.aot: requirements-aot.txt | $(BASE)
 demo: $(BASE)
 	$(PY) -m flux_jax.demo
 
+# Test files run on TEST_WORKERS processes (pytest-xdist; a file stays on one worker).
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.dev $(VENV)/.aot
-	$(PY) -m pytest -q -rs -m "not slow" tests
+	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
 
 test-slow: $(VENV)/.dev $(VENV)/.aot
 	$(PY) -m pytest -q -rs -m slow tests

@@ -24,7 +24,8 @@ def get_config(arg: str | None = None):
       drop_path_rate=0.05,
       pos_temporal_scale=5.0)  # from scratch: see FluxViT.pos_temporal_scale
   config.data = common.data('synthetic_motion', a['size'], a['data_dir'], flip=False,
-                            scale=(0.5, 1.0))  # direction-sensitive: no flip
+                            scale=(0.5, 1.0),  # direction-sensitive: no flip
+                            train_split='train[:90%]')  # 10% held out for TO's choice
   config.flux = common.flux(frames=(4, 14, 2), resolutions=(56, 126, 14), min_tokens=128,
                             max_tokens=512)
   config.n_max = 512
@@ -37,7 +38,8 @@ def get_config(arg: str | None = None):
                               warmup_epochs=0.5, weight_decay=0.05, layer_decay=None)
   config.eval = common.ConfigDict(dict(every_steps=200, frames=8, resolution=112, budget=256,
                                        head=common.optional(int), num_clips=1, num_crops=1,
-                                       batch_size=32, budgets=(256, 128, 64)))
+                                       batch_size=32, budgets=(256, 128, 64),
+                                       select_split='train[90%:]'))  # unbiased TO
   config.mesh = common.mesh()
   config.checkpoint = common.ConfigDict(dict(every_steps=200, keep=2))
   config.lock()

@@ -2,7 +2,11 @@ r"""Entry point: multi-view evaluation and Token Optimization of a params checkp
 
   python -m flux_jax.evaluate --checkpoint WORKDIR/params --out /tmp/to \
       --budgets 256,128,64 --frames 4,8,12,16 --resolutions 56,84,112,140 \
-      [--config configs/x.py] [--num_clips 4 --num_crops 3] [--batch_size 24]
+      [--config configs/x.py] [--num_clips 4 --num_crops 3] [--batch_size 24] \
+      [--select_split 'train[90%:]']
+
+With --select_split (default: the run's `eval.select_split`) the best grid per budget is
+picked on that held-out split and reported on the evaluation split (unbiased TO).
 
 A finished training run's WORKDIR/params carries its config (the data) and evaluation
 setting; a converted official checkpoint needs `--config` with a `data` block. The work
@@ -37,6 +41,10 @@ _NUM_CROPS = flags.DEFINE_integer('num_crops', None, "Spatial crops per clip; de
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Views per batch; default: the '
                                    'smallest multiple of num_crops and the device count '
                                    '>= 16.')
+_SELECT_SPLIT = flags.DEFINE_string(
+    'select_split', None, "A split held out of training (e.g. 'train[90%:]') on which the "
+    "best grid per budget is picked; default: the run's eval.select_split, else none "
+    "(picked on the evaluation split); '' for none.")
 hosts.define_flags()
 flags.mark_flags_as_required(['checkpoint', 'out', 'frames', 'resolutions'])
 
@@ -64,7 +72,7 @@ def main(argv):
       _CHECKPOINT.value, _OUT.value, frames=frames, resolutions=resolutions,
       budgets=budgets, config=_CONFIG.value, plain_resolution=_PLAIN_RESOLUTION.value,
       num_clips=_NUM_CLIPS.value, num_crops=_NUM_CROPS.value,
-      batch_size=_BATCH_SIZE.value, progress=_log_row)
+      batch_size=_BATCH_SIZE.value, select_split=_SELECT_SPLIT.value, progress=_log_row)
   print(f'Token Optimization of {_CHECKPOINT.value}:\n')
   print(token_optimization.markdown_table(rows))
   if paths:

@@ -183,3 +183,41 @@ def test_cli_with_config_for_a_converted_checkpoint(run, tmp_path):
   bad = subprocess.run(args[:-1] + ['--budgets=16,x', f'--out={out}'], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and '--budgets=16,x: not a list of integers' in bad.stderr
+
+
+def test_a_held_out_split_picks_the_best_grid_and_validation_reports_it(run, tmp_path):
+  """Unbiased TO: a run trained on train[:18] picks each budget's grid on train[18:] (6
+  clips) and reports top-1 on validation; a split shared with training or evaluation is
+  refused."""
+  meta = checkpoint.read_config(run['ckpt'])['metadata']
+  held_out = str(tmp_path / 'held_out')
+  meta['config']['data']['train_split'] = 'train[:18]'
+  _, params = checkpoint.load_params(run['ckpt'])
+  checkpoint.save_params(held_out, params, model_config(run['model']), metadata=meta)
+  grid = dict(budgets=[64, 16], frames=FRAMES, resolutions=RESOLUTIONS)
+  plain, _ = to_lib.evaluate_checkpoint(held_out, str(tmp_path / 'plain'), **grid)
+  rows, paths = to_lib.evaluate_checkpoint(held_out, str(tmp_path / 'picked'),
+                                           select_split='train[18:]', **grid)
+  assert [r['top1'] for r in rows] == [r['top1'] for r in plain]  # reported on validation
+  assert all(r['select_top1'] is None for r in plain)
+  for r in rows:
+    assert r['select_top1'] * 6 == pytest.approx(round(r['select_top1'] * 6))  # 6 clips
+  for budget in (64, 16):
+    fitting = [r for r in rows if r['budget'] == budget and r['raw_tokens'] >= budget]
+    (best,) = [r for r in rows if r['budget'] == budget and r['best']]
+    assert best['select_top1'] == max(r['select_top1'] for r in fitting)
+  with open(paths['json']) as f:
+    assert [r['best'] for r in json.load(f)['rows']] == [r['best'] for r in rows]
+  assert to_lib.markdown_table(rows).splitlines()[0].endswith('| selection top-1 | best |')
+  assert 'selection' not in to_lib.markdown_table(plain)
+
+  out = str(tmp_path / 'refused')
+  with pytest.raises(ValueError, match=r"'train\[16:\]' shares 2 examples with the training "
+                                       r"split 'train\[:18\]'"):
+    to_lib.evaluate_checkpoint(held_out, out, select_split='train[16:]', **grid)
+  with pytest.raises(ValueError, match=r"shares 3 examples with the evaluation split "
+                                       r"'validation'"):
+    to_lib.evaluate_checkpoint(held_out, out, select_split='validation[:3]', **grid)
+  with pytest.raises(ValueError, match="shares 6 examples with the training split 'train'"):
+    to_lib.evaluate_checkpoint(run['ckpt'], out, select_split='train[18:]', **grid)
+  assert not os.path.exists(out)

@@ -13,8 +13,34 @@ def open_dataset(config: Mapping[str, Any]):
 
   Keys: `name` ('synthetic_motion' or 'video_csv'), `config` (the builder config name;
   synthetic_motion builds it on first use), `data_dir`, `train_split`, `eval_split`.
+  Splits are TFDS split specs, slices included ('train[:90%]', 'train[-200:]').
   A video_csv dataset must have been built with `flux_jax.data.builders.video_csv.build`.
   """
+  builder = _builder(config)
+  names = builder.info.features['label'].names
+  return (builder.as_data_source(config['train_split']),
+          builder.as_data_source(config['eval_split']), names)
+
+
+def open_split(config: Mapping[str, Any], split: str):
+  """The random-access source of any split spec of the `config.data` block's dataset."""
+  return _builder(config).as_data_source(split)
+
+
+def shared_examples(config: Mapping[str, Any], split_a: str, split_b: str) -> int:
+  """How many examples two split specs of the dataset have in common (0: disjoint)."""
+  splits = _builder(config).info.splits
+  def ranges(spec):
+    instructions = tfds.core.ReadInstruction.from_spec(spec).to_absolute(splits)
+    return [(i.splitname, i.from_ or 0,  # None: the split's start, its end
+             splits[i.splitname].num_examples if i.to is None else i.to)
+            for i in instructions]
+  return sum(max(0, min(a_to, b_to) - max(a_from, b_from))
+             for name_a, a_from, a_to in ranges(split_a)
+             for name_b, b_from, b_to in ranges(split_b) if name_a == name_b)
+
+
+def _builder(config: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
   name, data_dir = config['name'], os.path.expanduser(config['data_dir'])
   if name == 'synthetic_motion':
     from flux_jax.data.builders import synthetic_motion  # pylint: disable=g-import-not-at-top
@@ -28,6 +54,4 @@ def open_dataset(config: Mapping[str, Any]):
     builder = tfds.builder_from_directory(os.path.join(path, versions[-1]))
   else:
     raise ValueError(f"data.name={name!r} is not 'synthetic_motion' or 'video_csv'")
-  names = builder.info.features['label'].names
-  return (builder.as_data_source(config['train_split']),
-          builder.as_data_source(config['eval_split']), names)
+  return builder

@@ -6,20 +6,26 @@ whole frames at `plain_resolution` as the budget holds (SPEC E.1: 2/4/8/12 x 224
 512/1024/2048/3072 tokens). The best grid per budget is the highest top-1 among grids
 that fit (raw >= budget), ties to fewer GFLOPs.
 
+Picked on the data it is reported on, the best grid is optimistic (the paper's TO tables
+are). With a selection split (`select_split`, e.g. 'train[90%:]' held out of training)
+every grid is evaluated on both: the best grid is the one best on the selection split,
+and its top-1 on the evaluation split is an unbiased estimate.
+
 Outputs in OUT: `to.csv`; `to.json` = {"checkpoint": str, "rows": [row, ...]} (read by
 predict: the rows with best=True give the grid and head per budget); `to.png`, top-1
 against GFLOPs without and with TO. Each row is
 
   dict(budget, frames, resolution, raw_tokens, tokens, head, top1, top5, videos, gflops,
-       to, best)
+       to, best, select_top1)
 
 with `tokens` = kept tokens, `gflops` per view (flux_jax.eval.flops), `to` = selection
-ran (raw_tokens > budget).
+ran (raw_tokens > budget), `select_top1` = top-1 on the selection split (None without one).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -30,13 +36,15 @@ import jax
 from flux_jax import checkpoint
 from flux_jax import sharding as sharding_lib
 from flux_jax.data.sources import open_dataset
+from flux_jax.data.sources import open_split
+from flux_jax.data.sources import shared_examples
 from flux_jax.eval.budgets import accuracy_by_budget
 from flux_jax.eval.flops import gflops
 from flux_jax.model.fluxvit import FluxViT
 from flux_jax.tokens.plan import FluxPlan
 
 FIELDS = ('budget', 'frames', 'resolution', 'raw_tokens', 'tokens', 'head', 'top1', 'top5',
-          'videos', 'gflops', 'to', 'best')
+          'videos', 'gflops', 'to', 'best', 'select_top1')
 CSV, JSON, PLOT = 'to.csv', 'to.json', 'to.png'
 DEFAULT_BATCH = 16  # views per batch when none is given (rounded up to split evenly)
 
@@ -86,20 +94,21 @@ def _check_args(model: FluxViT, budgets, frames, resolutions, plain_resolution) 
                tubelet_size=model.tubelet_size)
 
 
-def _rank(row: Mapping[str, Any]) -> tuple:
-  top1 = row['top1']
+def _rank(row: Mapping[str, Any], key: str) -> tuple:
+  top1 = row[key]
   return (-top1 if top1 == top1 else math.inf,  # NaN (no videos) ranks last
           row['gflops'], row['raw_tokens'])
 
 
-def mark_best(rows: list[dict]) -> list[dict]:
-  """Sets row['best'] on exactly one row per budget: the highest top-1 among rows with
-  raw_tokens >= budget, ties to fewer GFLOPs (then fewer raw tokens)."""
+def mark_best(rows: list[dict], key: str = 'top1') -> list[dict]:
+  """Sets row['best'] on exactly one row per budget: the highest `key` (top-1, or
+  'select_top1': top-1 on the selection split) among rows with raw_tokens >= budget,
+  ties to fewer GFLOPs (then fewer raw tokens)."""
   for budget in dict.fromkeys(r['budget'] for r in rows):
     fits = [r for r in rows if r['budget'] == budget and r['raw_tokens'] >= budget]
     if not fits:
       raise ValueError(f'no evaluated grid fits budget {budget}')
-    best = min(fits, key=_rank)
+    best = min(fits, key=lambda r: _rank(r, key))
     for r in rows:
       if r['budget'] == budget:
         r['best'] = r is best
@@ -149,21 +158,30 @@ def search(model: FluxViT, params, source, *, budgets: Sequence[int],
                                   resolution=r, batch_size=batch_size, sharding=sharding,
                                   num_clips=num_clips, num_crops=num_crops):
       row.update(gflops=gflops(model, row['tokens'], row['raw_tokens']),
-                 to=row['raw_tokens'] > row['budget'], best=False)
+                 to=row['raw_tokens'] > row['budget'], best=False, select_top1=None)
       done[row['budget'], (t, r)] = {k: row[k] for k in FIELDS}
       if progress is not None:
         progress(done[row['budget'], (t, r)])
   return mark_best([done[key] for key in order])
 
 
+def selected(rows: Sequence[Mapping[str, Any]]) -> bool:
+  """Whether the best grids of `rows` were picked on a selection split."""
+  return any(r.get('select_top1') is not None for r in rows)
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-  lines = ['| budget | grid | raw -> kept | head | GFLOPs | top-1 | top-5 | videos | TO | best |',
-           '|---|---|---|---|---|---|---|---|---|---|']
+  extra = selected(rows)  # a column for the top-1 the best grid was picked on
+  lines = ['| budget | grid | raw -> kept | head | GFLOPs | top-1 | top-5 | videos | TO | '
+           + ('selection top-1 | ' if extra else '') + 'best |',
+           '|---' * (11 if extra else 10) + '|']
   for r in rows:
     lines.append(f"| {r['budget']} | {r['frames']} x {r['resolution']}^2 | "
                  f"{r['raw_tokens']} -> {r['tokens']} | {r['head']} | {r['gflops']:.4g} | "
                  f"{100 * r['top1']:.1f}% | {100 * r['top5']:.1f}% | {r['videos']} | "
-                 f"{'yes' if r['to'] else 'no'} | {'**best**' if r['best'] else ''} |")
+                 f"{'yes' if r['to'] else 'no'} | "
+                 + (f"{100 * r['select_top1']:.1f}% | " if extra else '')
+                 + f"{'**best**' if r['best'] else ''} |")
   return '\n'.join(lines)
 
 
@@ -255,6 +273,7 @@ def evaluate_checkpoint(directory: str, out_dir: str, *, frames: Sequence[int],
                         config: Mapping[str, Any] | None = None,
                         plain_resolution: int | None = None, num_clips: int | None = None,
                         num_crops: int | None = None, batch_size: int | None = None,
+                        select_split: str | None = None,
                         progress: Callable[[dict], None] | None = None
                         ) -> tuple[list[dict], dict[str, str]]:
   """Token Optimization of a params checkpoint (`checkpoint.save_params`) on its data.
@@ -271,6 +290,11 @@ def evaluate_checkpoint(directory: str, out_dir: str, *, frames: Sequence[int],
       (metadata 'eval'), else the config's `eval` block; views default to 1 x 1.
     batch_size: views per batch; None: the smallest multiple of num_crops and of the
       device count that is at least 16.
+    select_split: a split spec of the dataset held out of training (e.g.
+      'train[90%:]') on which the best grid per budget is picked; top-1 stays that of the
+      evaluation split. None: the checkpoint's or the config's `eval.select_split`, else
+      none (the best grid is picked on the evaluation split); '' forces none. Refused
+      when it shares examples with the training or the evaluation split.
 
   Returns:
     (rows, paths of the written files).
@@ -295,6 +319,7 @@ def evaluate_checkpoint(directory: str, out_dir: str, *, frames: Sequence[int],
     raise ValueError(f'{directory}: no evaluation resolution in the metadata or config; '
                      'give plain_resolution')
   num_clips, num_crops = pick('num_clips', num_clips, 1), pick('num_crops', num_crops, 1)
+  select_split = pick('select_split', select_split) or None
   mesh = sharding_lib.make_mesh({'data': -1})
   rows_per_batch = mesh.shape['data']
   if batch_size is None:
@@ -305,14 +330,28 @@ def evaluate_checkpoint(directory: str, out_dir: str, *, frames: Sequence[int],
                      f'by the {rows_per_batch} devices')
   _check_args(model, budgets, frames, resolutions, plain_resolution)  # before any data
   _, source, class_names = open_dataset(config['data'])
+  if select_split:
+    trained_on = (meta.get('config') or config)['data']['train_split']
+    for split, role in ((trained_on, 'training'), (config['data']['eval_split'], 'evaluation')):
+      shared = shared_examples(config['data'], select_split, split)
+      if shared:
+        raise ValueError(f'{directory}: select_split {select_split!r} shares {shared} '
+                         f'examples with the {role} split {split!r}; hold it out (e.g. '
+                         "train on 'train[:90%]', select on 'train[90%:]')")
   if len(class_names) != model.num_classes:
     raise ValueError(f'{directory}: the model has {model.num_classes} classes, the '
                      f'dataset {config["data"]["name"]} has {len(class_names)}')
   params = jax.device_put(params, sharding_lib.replicated(mesh))
-  rows = search(model, params, source, budgets=budgets, frames=frames,
-                resolutions=resolutions, plain_resolution=plain_resolution,
-                batch_size=batch_size, sharding=sharding_lib.batch_sharding(mesh),
-                num_clips=num_clips, num_crops=num_crops, progress=progress)
+  grid_search = functools.partial(
+      search, model, params, budgets=budgets, frames=frames, resolutions=resolutions,
+      plain_resolution=plain_resolution, batch_size=batch_size,
+      sharding=sharding_lib.batch_sharding(mesh), num_clips=num_clips, num_crops=num_crops,
+      progress=progress)
+  rows = grid_search(source)
+  if select_split:  # the same grids in the same order, best picked there
+    for row, picked_on in zip(rows, grid_search(open_split(config['data'], select_split))):
+      row['select_top1'] = picked_on['top1']
+    mark_best(rows, key='select_top1')
   paths = {}
   if jax.process_index() == 0:
     paths = save_results(rows, out_dir, checkpoint_dir=os.path.abspath(directory))

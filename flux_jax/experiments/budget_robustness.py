@@ -10,7 +10,8 @@ r"""Budget robustness on synthetic_motion: the small-scale analogue of Table 5 (
    * multi: Flux-Multi, flexible grids, heads for the full, 1/2 and 1/4 budgets;
 2. each evaluated at the full, 1/2 and 1/4 budgets: on the fixed 8 x 112^2 grid with the
    selector reducing it (Table 5's test, "w/o TO"), and with Token Optimization over
-   frames x resolutions (WORKDIR/<run>/to holds its to.csv/json/png);
+   frames x resolutions, the best grid picked on train[90%:] (held out of training) and
+   reported on validation (WORKDIR/<run>/to holds its to.csv/json/png);
 3. the table printed and saved as WORKDIR/budget_robustness.{md,csv,png}.
 
 The lesson to look for (SPEC E.3): without Flux, accuracy falls as the budget shrinks;
@@ -122,7 +123,8 @@ def main(argv):
   print(f'\nsynthetic_motion/{_SIZE.value} validation top-1, {_STEPS.value} steps each '
         f'(chance {100 / NUM_CLASSES:.1f}%); "N tokens": the fixed {FIXED[0]} x '
         f'{FIXED[1]}^2 grid reduced to N by the selector; "+ TO": the best grid of '
-        f'frames {frames} x resolutions {resolutions}:\n{table}')
+        f'frames {frames} x resolutions {resolutions}, picked on '
+        f'{config.eval.select_split or "validation itself"}:\n{table}')
   with open(os.path.join(root, 'budget_robustness.md'), 'w') as f:
     f.write(table + '\n')
   with open(os.path.join(root, 'budget_robustness.csv'), 'w', newline='') as f:
