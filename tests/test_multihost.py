@@ -22,11 +22,14 @@ ROOT = pathlib.Path(__file__).parents[1]
 
 def _train(processes: int, workdir, data_dir, *flags):
   # Flux-Single and no evaluation keep the four runs short; the step and the input are the
-  # loop's.
+  # loop's. The runs of one topology share compiled programs (jax's persistent cache).
   args = ['flux_jax.main', '--config', 'configs/debug.py', '--workdir', str(workdir),
           f'--config.data.data_dir={data_dir}', '--config.eval.every_steps=-1',
           '--config.train.mode=single', *flags]
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             JAX_COMPILATION_CACHE_DIR=str(pathlib.Path(data_dir).parent / 'xla_cache'),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  t0 = time.monotonic()
   if processes == 1:
     cmd = [sys.executable, '-m', *args]
     env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
@@ -36,6 +39,7 @@ def _train(processes: int, workdir, data_dir, *flags):
                        check=False)
   log = out.stdout + out.stderr
   assert out.returncode == 0, f'{processes} process(es) failed:\n{log[-6000:]}'
+  print(f'{processes} process(es), {workdir.name}: {time.monotonic() - t0:.0f} s')
   return log
 
 
