@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flux_jax.convert.official import (CheckpointError, Rule, official_state_dict,
+from flux_jax.convert.official import (CheckpointError, Rule, check_keys, official_state_dict,
                                        rules_for)
 from flux_jax.model import posemb
 from flux_jax.model.fluxvit import FluxViT, abstract_params, init_params, make_model
@@ -145,13 +145,8 @@ def load_iv2_teacher(path_or_state_dict, *, variant: str = 'iv2_1b', num_frames:
   rules = iv2_rules(model)
   known = {r.official for r in rules} | {'pos_embed'}
   missing, unexpected = sorted(known - set(sd)), sorted(set(sd) - known)
-  if unexpected or (missing and strict):
-    raise CheckpointError(
-        f'{source} does not match the InternVideo2 ViT of variant={variant!r} (depth '
-        f'{model.depth}, width {model.embed_dim}):\n  missing: {missing}\n'
-        f'  unexpected: {unexpected}')
-  if missing:
-    logging.warning('%s: %d tensors missing, left at init: %s', source, len(missing), missing)
+  check_keys(source, f'the InternVideo2 ViT of variant={variant!r} (depth {model.depth}, '
+             f'width {model.embed_dim})', missing, unexpected, strict)
   c = model.embed_dim
   pe = sd['pos_embed']
   if pe.shape[-1] != c:

@@ -30,6 +30,17 @@ class CheckpointError(ValueError):
   """A checkpoint that cannot be loaded; the message names the file and the problem."""
 
 
+def check_keys(source: str, expected: str, missing: list[str], unexpected: list[str],
+               strict: bool) -> None:
+  """Refuses a state dict with unexpected tensors (or missing ones when strict), naming
+  them and what was `expected`; logs the missing ones a non-strict load leaves at init."""
+  if unexpected or (missing and strict):
+    raise CheckpointError(f'{source} does not match {expected}:\n  missing: {missing}\n'
+                          f'  unexpected: {unexpected}')
+  if missing:
+    logging.warning('%s: %d tensors missing, left at init: %s', source, len(missing), missing)
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
   official: str
@@ -248,13 +259,9 @@ def load_official_checkpoint(path_or_state_dict, *, variant: str, num_classes: i
   if ignorable:
     logging.info('%s: ignoring %d pretraining-only tensors: %s', source, len(ignorable),
                  ignorable[:8])
-  if unexpected or (missing and strict):
-    raise CheckpointError(
-        f'{source} does not match FluxViT variant={variant!r} (depth {model.depth}, width '
-        f'{model.embed_dim}, {len(model.head_budgets)} heads):\n  missing: {missing}\n'
-        f'  unexpected: {unexpected}')
-  if missing:
-    logging.warning('%s: %d tensors missing, left at init: %s', source, len(missing), missing)
+  check_keys(source, f'FluxViT variant={variant!r} (depth {model.depth}, width '
+             f'{model.embed_dim}, {len(model.head_budgets)} heads)', missing, unexpected,
+             strict)
 
   flat = {}
   if 'pos_embed' in sd:
