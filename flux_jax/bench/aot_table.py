@@ -46,6 +46,7 @@ class Cell(NamedTuple):
   attention: str = 'splash'
   remat: str = 'full'
   search: bool = False  # find the largest per-chip batch that fits
+  teacher: str = ''  # Flux-UMT: the frozen teacher, for the table
 
 
 # One compile is 10-20 minutes for FluxViT-S on 2 cores: the cells answer the question
@@ -55,13 +56,13 @@ CELLS = (
     Cell('s_multi_v5e', K400.format(variant='small', mode='multi'), 'v5e:2x4', search=True),
     Cell('s_multi_v5e_xla', K400.format(variant='small', mode='multi'), 'v5e:2x4', 'xla'),
     Cell('s_single_v5e', K400.format(variant='small', mode='single'), 'v5e:2x4'),
-    Cell('s_umt_v5e', UMT, 'v5e:2x4'),
+    Cell('s_umt_v5e', UMT, 'v5e:2x4', teacher='FluxViT-B'),
     Cell('b_multi_v5e', K400.format(variant='base', mode='multi'), 'v5e:2x4', search=True),
     Cell('s_multi_v5p', K400.format(variant='small', mode='multi'), 'v5p:2x2x1'),
     Cell('b_multi_v5p', K400.format(variant='base', mode='multi'), 'v5p:2x2x1'),
     Cell('s_multi_v6e', K400.format(variant='small', mode='multi'), 'v6e:2x4'),
-    Cell('iv2_umt_v5e', UMT_IV2, 'v5e:2x4', search=True),
-    Cell('iv2_umt_v5p', UMT_IV2, 'v5p:2x2x1'),
+    Cell('iv2_umt_v5e', UMT_IV2, 'v5e:2x4', search=True, teacher='InternVideo2-1B'),
+    Cell('iv2_umt_v5p', UMT_IV2, 'v5p:2x2x1', teacher='InternVideo2-1B'),
     Cell('s_multi_v5e_dots', K400.format(variant='small', mode='multi'), 'v5e:2x4',
          remat='dots_with_no_batch_dims_saveable'),
     Cell('s_multi_v5e_none', K400.format(variant='small', mode='multi'), 'v5e:2x4',
@@ -130,13 +131,15 @@ def table(rows: dict[tuple[str, int], dict]) -> str:
     r = rows.get((cell.name, OFFICIAL_BATCH))
     if r is None:
       continue
-    fitting = [(b, x) for (name, b), x in rows.items() if name == cell.name and x['fits']]
-    best = max(fitting, default=None)
-    best_text = ('-' if not cell.search else 'none' if best is None else
+    compiled = {b: x for (name, b), x in rows.items() if name == cell.name}
+    best = max(((b, x) for b, x in compiled.items() if x['fits']), default=None)
+    best_text = ('-' if not cell.search else 'not searched yet' if len(compiled) == 1 else
+                 'none' if best is None else
                  f"{best[0]} ({best[1]['peak_bytes_per_chip'] / 2**30:.1f})")
     flops = r['flops_per_chip']
     lines.append(
-        f"| {cell.name} | {r['model']}, {r['mode']} {'/'.join(map(str, r['budgets']))} | "
+        f"| {cell.name} | {r['model']}, {r['mode']} {'/'.join(map(str, r['budgets']))}"
+        f"{f' from {cell.teacher}' if cell.teacher else ''} | "
         f"{r['topology']} ({r['device_kind']}) | {r['attention_runs']} | {r['remat']} | "
         f"{r['peak_bytes_per_chip'] / 2**30:.2f} | {r['hbm_bytes_per_chip'] / 2**30:.0f} | "
         f"{'yes' if r['fits'] else 'NO'} | {best_text} | "
