@@ -29,6 +29,9 @@ def test_demo_trains_then_prints_and_saves_the_token_optimization_table(tmp_path
                    128: [(2, 112), (8, 56), (4, 112), (8, 112)],
                    64: [(1, 112), (4, 56), (8, 56), (4, 112), (8, 112)]}
   assert all(r['videos'] == 12 for r in rows)
+  # The best grids were picked on the 10% of train held out of training (unbiased TO).
+  assert all(r['select_top1'] is not None for r in rows)
+  assert 'the best grid was picked on train[90%:]' in done.stdout
   assert [sum(r['best'] for r in rows if r['budget'] == b) for b in grids] == [1, 1, 1]
   with open(workdir / 'summary.md') as f:
     summary = f.read().splitlines()
