@@ -47,6 +47,7 @@ class Cell(NamedTuple):
   remat: str = 'full'
   search: bool = False  # find the largest per-chip batch that fits
   teacher: str = ''  # Flux-UMT: the frozen teacher, for the table
+  overrides: tuple[str, ...] = ()  # more --config.KEY=VALUE flags
 
 
 # One compile is 10-20 minutes for FluxViT-S on 2 cores: the cells answer the question
@@ -63,6 +64,9 @@ CELLS = (
     Cell('s_multi_v6e', K400.format(variant='small', mode='multi'), 'v6e:2x4'),
     Cell('iv2_umt_v5e', UMT_IV2, 'v5e:2x4', search=True, teacher='InternVideo2-1B'),
     Cell('iv2_umt_v5p', UMT_IV2, 'v5p:2x2x1', teacher='InternVideo2-1B'),
+    # ZeRO-3 over the 8 chips (mesh fsdp=8): the 1B teacher's weights are split, not copied.
+    Cell('iv2_umt_v5e_fsdp', UMT_IV2, 'v5e:2x4', teacher='InternVideo2-1B',
+         overrides=('--config.mesh.data=1', '--config.mesh.fsdp=-1')),
     Cell('s_multi_v5e_dots', K400.format(variant='small', mode='multi'), 'v5e:2x4',
          remat='dots_with_no_batch_dims_saveable'),
     Cell('s_multi_v5e_none', K400.format(variant='small', mode='multi'), 'v5e:2x4',
@@ -73,7 +77,8 @@ CELLS = (
 def command(cell: Cell, batch: int) -> list[str]:
   return [sys.executable, '-m', 'flux_jax.bench', 'aot', '--config', cell.config,
           f'--config.model.attention={cell.attention}', f'--config.model.remat={cell.remat}',
-          '--topology', cell.topology, '--batch_per_chip', str(batch), '--json']
+          *cell.overrides, '--topology', cell.topology, '--batch_per_chip', str(batch),
+          '--json']
 
 
 def load(path: str) -> dict[tuple[str, int], dict]:
@@ -123,6 +128,11 @@ def largest(cell: Cell, path: str, done: dict) -> int | None:
   return 0
 
 
+def _sharded(mesh: dict) -> str:
+  """', fsdp 8' for a mesh that shards weights; '' for a data-parallel one."""
+  return ''.join(f', {axis} {mesh[axis]}' for axis in ('fsdp', 'tensor') if mesh[axis] > 1)
+
+
 def table(rows: dict[tuple[str, int], dict]) -> str:
   lines = ['| cell | model, mode | topology | attention | remat | peak GiB/chip at 16 | HBM '
            'GiB | fits | largest batch/chip found to fit (peak GiB) | TFLOP/chip-step at 16 | '
@@ -140,7 +150,8 @@ def table(rows: dict[tuple[str, int], dict]) -> str:
     lines.append(
         f"| {cell.name} | {r['model']}, {r['mode']} {'/'.join(map(str, r['budgets']))}"
         f"{f' from {cell.teacher}' if cell.teacher else ''} | "
-        f"{r['topology']} ({r['device_kind']}) | {r['attention_runs']} | {r['remat']} | "
+        f"{r['topology']} ({r['device_kind']}){_sharded(r['mesh'])} | "
+        f"{r['attention_runs']} | {r['remat']} | "
         f"{r['peak_bytes_per_chip'] / 2**30:.2f} | {r['hbm_bytes_per_chip'] / 2**30:.0f} | "
         f"{'yes' if r['fits'] else 'NO'} | {best_text} | "
         f"{'n/a' if flops is None else f'{flops / 1e12:.1f}'} | {r['compile_s']:.0f} |")
