@@ -62,6 +62,7 @@ class Difficulty:
   travel: tuple[float, float]  # disc travel of the moving classes, fraction of the side
   squares_move: bool  # distractors wander and resize (else they stand still)
   texture: float  # amplitude of the background texture (1: the 1.0.0 texture)
+  max_pan: float = MAX_PAN  # background pan speed, px per frame, drawn in [0, max_pan]
 
 
 DIFFICULTIES = {
@@ -94,7 +95,7 @@ class Scene:
     return len(self.offsets)
 
 
-def make_clip(seed: int, label: int | None = None, difficulty: str = 'easy'
+def make_clip(seed: int, label: int | None = None, difficulty: str | Difficulty = 'easy'
               ) -> tuple[np.ndarray, int]:
   """One clip, fully determined by (seed, label, difficulty).
 
@@ -102,7 +103,8 @@ def make_clip(seed: int, label: int | None = None, difficulty: str = 'easy'
     seed: any non-negative int.
     label: the class, or None to draw it from the seed. make_clip(s) equals
       make_clip(s, make_clip(s)[1]): the label is always drawn first, then replaced.
-    difficulty: a key of DIFFICULTIES.
+    difficulty: a key of DIFFICULTIES, or a Difficulty (e.g. a variant of one made with
+      dataclasses.replace, to study what a factor does).
 
   Returns:
     frames: uint8 `[T, H, W, 3]`, T in [32, 64], H and W even in [112, 192].
@@ -112,11 +114,15 @@ def make_clip(seed: int, label: int | None = None, difficulty: str = 'easy'
   return render(scene), scene.label
 
 
-def make_scene(seed: int, label: int | None = None, difficulty: str = 'easy') -> Scene:
+def make_scene(seed: int, label: int | None = None, difficulty: str | Difficulty = 'easy'
+               ) -> Scene:
   """The random draws of `make_clip(seed, label, difficulty)`."""
-  if difficulty not in DIFFICULTIES:
+  if isinstance(difficulty, Difficulty):
+    level = difficulty
+  elif difficulty in DIFFICULTIES:
+    level = DIFFICULTIES[difficulty]
+  else:
     raise ValueError(f'difficulty {difficulty!r} is not one of {sorted(DIFFICULTIES)}')
-  level = DIFFICULTIES[difficulty]
   rng = np.random.default_rng(seed)
   drawn = int(rng.integers(NUM_CLASSES))
   label = drawn if label is None else int(label)
@@ -124,7 +130,7 @@ def make_scene(seed: int, label: int | None = None, difficulty: str = 'easy') ->
     raise ValueError(f'label must be in [0, {NUM_CLASSES}), got {label}')
   t = int(rng.integers(FRAMES[0], FRAMES[1] + 1))
   h, w = (2 * int(rng.integers(SIDE[0] // 2, SIDE[1] // 2 + 1)) for _ in range(2))
-  canvas, offsets, bg_luma = _panning_background(rng, t, h, w, level.texture)
+  canvas, offsets, bg_luma = _panning_background(rng, t, h, w, level.texture, level.max_pan)
   squares = tuple((*_distractor_path(rng, t, h, w, level.squares_move),
                    _object_color(rng, bg_luma)) for _ in range(int(rng.integers(1, 3))))
   center, radius = _disc_path(rng, label, t, h, w, level)
@@ -202,16 +208,16 @@ def _distractor_path(rng: np.random.Generator, t: int, h: int, w: int, moves: bo
   return center, half
 
 
-def _panning_background(rng: np.random.Generator, t: int, h: int, w: int, texture: float
-                        ) -> tuple[np.ndarray, np.ndarray, float]:
-  """A textured canvas, the frame windows of a slow straight pan, the mean luma."""
-  margin = int(np.ceil(MAX_PAN * t / 2)) + 1
+def _panning_background(rng: np.random.Generator, t: int, h: int, w: int, texture: float,
+                        max_pan: float) -> tuple[np.ndarray, np.ndarray, float]:
+  """A textured canvas, the frame windows of a straight pan, the mean luma."""
+  margin = int(np.ceil(max_pan * t / 2)) + 1
   ch, cw = h + 2 * margin, w + 2 * margin
   tint = rng.uniform(60.0, 190.0, size=3).astype(np.float32)
   canvas = tint + texture * (35.0 * _smooth_noise(rng, ch, cw, cell=32, channels=3)
                             + 25.0 * _smooth_noise(rng, ch, cw, cell=6, channels=1))
   angle = rng.uniform(0.0, 2 * np.pi)
-  velocity = rng.uniform(0.0, MAX_PAN) * np.array([np.sin(angle), np.cos(angle)])
+  velocity = rng.uniform(0.0, max_pan) * np.array([np.sin(angle), np.cos(angle)])
   offsets = np.rint(margin + np.outer(np.arange(t) - (t - 1) / 2, velocity)).astype(int)
   return canvas, offsets, float(tint @ _LUMA)  # offsets [T, 2]
 
