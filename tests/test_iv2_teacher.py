@@ -20,7 +20,7 @@ import reference_torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = dict(embed_dim=64, depth=5, num_heads=2, attn_pool_num_heads=4, clip_embed_dim=48)
-LAYERS = (4, 2, 1)  # the teacher's order: deepest first, as (39, 36, ..., 23)
+LAYERS = (4, 2, 1)  # any order: the teacher returns this order, the reference block order
 
 
 def _torch_teacher(num_frames=4):

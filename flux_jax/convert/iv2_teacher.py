@@ -32,7 +32,7 @@ _NUM_FRAMES = flags.DEFINE_integer('num_frames', 8, 'Frames the pos_embed is res
 _CHECKPOINT_FRAMES = flags.DEFINE_integer('checkpoint_frames', None, 'Frames of the stored '
                                           'pos_embed (read off the checkpoint by default).')
 _LAYERS = flags.DEFINE_list('layers', None, 'Blocks the teacher returns (default: the IV2-1B '
-                            "teacher's 39,36,33,29,26,23).")
+                            "teacher's 23,26,29,33,36,39).")
 _OVERRIDES = flags.DEFINE_string('model_overrides', '{}', 'JSON of other FluxViT fields, e.g. '
                                  '\'{"dtype": "bfloat16"}\'.')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace --out if it exists.')
