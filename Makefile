@@ -47,7 +47,7 @@ demo: $(BASE)
 TEST_WORKERS ?= 2
 
 test: $(VENV)/.dev $(VENV)/.aot
-	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
+	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile --durations=15 -m "not slow" tests
 
 test-slow: $(VENV)/.dev $(VENV)/.aot
 	$(PY) -m pytest -q -rs -m slow tests

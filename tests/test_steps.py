@@ -64,6 +64,7 @@ def test_flux_multi_step_compiles_once_across_plans(source, model):
   assert {'ce_0', 'ce_1', 'ce_2', 'align_1', 'align_2'} <= set(metrics)
 
 
+@pytest.mark.slow  # 30 steps after a compile; make test-slow (test_loop trains in make test)
 def test_tiny_model_overfits_a_few_clips(source, model):
   tx = optax.adam(3e-3)
   state = TrainState.create(init_params(model, jax.random.key(1)), tx)
