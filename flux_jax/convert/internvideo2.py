@@ -23,15 +23,14 @@ import os
 from typing import Any, Mapping, Sequence
 
 from absl import logging
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from flux_jax.convert.official import (CheckpointError, Rule, check_keys, official_state_dict,
-                                       rules_for)
+                                       params_from_rules, rules_for, state_dict_from_rules)
 from flux_jax.model import posemb
-from flux_jax.model.fluxvit import FluxViT, abstract_params, init_params, make_model
+from flux_jax.model.fluxvit import FluxViT, make_model
 from flux_jax.model.teacher import Teacher
 from flux_jax.tokens.token_batch import grid_coords
 
@@ -157,31 +156,11 @@ def load_iv2_teacher(path_or_state_dict, *, variant: str = 'iv2_1b', num_frames:
     logging.info('%s: pos_embed resized in time from %d to %d frames', source, t0, num_frames)
     table = _resize_time(table, num_frames)
   flat = {('cls_pos',): pe[0, 0], ('pos_embed',): table}
-  shapes = flax.traverse_util.flatten_dict(abstract_params(model))
-  for rule in rules:
-    if rule.official in sd:
-      value = rule.to_ours(sd[rule.official])
-      if value.shape != shapes[rule.path].shape:
-        raise CheckpointError(f'{source}: {rule.official} {tuple(sd[rule.official].shape)} '
-                              f'does not fit {"/".join(rule.path)} '
-                              f'{shapes[rule.path].shape} of variant {variant!r}')
-      flat[rule.path] = value
-  fresh = flax.traverse_util.flatten_dict(init_params(model, jax.random.key(0)))
-  for path in shapes:
-    flat.setdefault(path, np.asarray(fresh[path]))  # the classifier (and what is missing)
-  params = flax.traverse_util.unflatten_dict(
-      {k: np.asarray(v, np.float32) for k, v in flat.items()})
+  params = params_from_rules(model, rules, sd, flat, source, f'variant {variant!r}')
   return Teacher(model, layers, head), params
 
 
 def to_iv2_state_dict(model: FluxViT, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """The teacher's params under InternVideo2 names and layouts (no `vision_encoder.`),
   pos_embed at the teacher's frames: `load_iv2_teacher` of it gives the params back."""
-  flat = {k: np.asarray(v) for k, v in
-          flax.traverse_util.flatten_dict(flax.linen.unbox(params)).items()}
-  pos = flat[('pos_embed',)]
-  out = {'pos_embed': np.concatenate([flat[('cls_pos',)][None],
-                                      pos.reshape(-1, pos.shape[-1])], axis=0)[None]}
-  for rule in iv2_rules(model):
-    out[rule.official] = rule.to_official(flat[rule.path])
-  return out
+  return state_dict_from_rules(iv2_rules(model), params)

@@ -248,8 +248,6 @@ def load_official_checkpoint(path_or_state_dict, *, variant: str, num_classes: i
   pos_grid = _pos_grid(sd, num_frames, source)
   model = make_model(dict(variant=variant, num_classes=num_classes, pos_grid=pos_grid,
                           mlp_activation=mlp_activation, **model_overrides))
-  shapes = flax.traverse_util.flatten_dict(abstract_params(model))
-
   rules = rules_for(model)
   known = {r.official for r in rules} | {'pos_embed'}
   missing = sorted(known - set(sd))
@@ -268,32 +266,50 @@ def load_official_checkpoint(path_or_state_dict, *, variant: str, num_classes: i
     pe = sd['pos_embed']
     flat[('cls_pos',)] = pe[0, 0]
     flat[('pos_embed',)] = pe[0, 1:].reshape(*pos_grid, model.embed_dim)
+  return model, params_from_rules(model, rules, sd, flat, source,
+                                  f'variant {variant!r} (num_classes={num_classes}?)')
+
+
+def params_from_rules(model: FluxViT, rules: list[Rule], sd: Mapping[str, np.ndarray],
+                      flat: dict, source: str, expected: str) -> dict:
+  """float32 params of `model`: `flat` (entries already made, e.g. the position tables)
+  plus every rule's tensor in `sd`, each checked against the model's shape (a mismatch
+  names the tensor, the param and `expected`); params no tensor gave stay at init."""
+  shapes = flax.traverse_util.flatten_dict(abstract_params(model))
+  for path, value in flat.items():
+    if value.shape != shapes[path].shape:
+      raise CheckpointError(f'{source}: {"/".join(path)} has shape {value.shape}, '
+                            f'{expected} expects {shapes[path].shape}')
   for rule in rules:
     if rule.official in sd:
-      flat[rule.path] = rule.to_ours(sd[rule.official])
-  for path, value in flat.items():
-    want = shapes[path].shape
-    if value.shape != want:
-      raise CheckpointError(f'{source}: {"/".join(path)} has shape {value.shape}, variant '
-                            f'{variant!r} expects {want} (num_classes={num_classes}?)')
-  if missing:
+      value = rule.to_ours(sd[rule.official])
+      if value.shape != shapes[rule.path].shape:
+        raise CheckpointError(f'{source}: {rule.official} {tuple(sd[rule.official].shape)} '
+                              f'does not fit {"/".join(rule.path)} '
+                              f'{shapes[rule.path].shape} of {expected}')
+      flat[rule.path] = value
+  if set(shapes) - set(flat):
     fresh = flax.traverse_util.flatten_dict(init_params(model, jax.random.key(0)))
     for path in shapes:
       flat.setdefault(path, np.asarray(fresh[path]))
-  params = flax.traverse_util.unflatten_dict(
+  return flax.traverse_util.unflatten_dict(
       {k: np.asarray(v, np.float32) for k, v in flat.items()})
-  return model, params
 
 
 def to_official_state_dict(model: FluxViT, params) -> dict[str, np.ndarray]:
   """Our params -> official names and layouts (the reverse of the loader)."""
-  flat = flax.traverse_util.flatten_dict(flax.linen.unbox(params))
-  flat = {k: np.asarray(v) for k, v in flat.items()}
-  out = {}
+  return state_dict_from_rules(rules_for(model), params)
+
+
+def state_dict_from_rules(rules: list[Rule], params) -> dict[str, np.ndarray]:
+  """Params -> the tensors of `rules` under their names and layouts, and pos_embed
+  [1, 1 + T * H * W, C] rejoined from cls_pos and the position table."""
+  flat = {k: np.asarray(v) for k, v in
+          flax.traverse_util.flatten_dict(flax.linen.unbox(params)).items()}
   pos = flat[('pos_embed',)]
-  out['pos_embed'] = np.concatenate(
-      [flat[('cls_pos',)][None], pos.reshape(-1, pos.shape[-1])], axis=0)[None]
-  for rule in rules_for(model):
+  out = {'pos_embed': np.concatenate([flat[('cls_pos',)][None],
+                                      pos.reshape(-1, pos.shape[-1])], axis=0)[None]}
+  for rule in rules:
     out[rule.official] = rule.to_official(flat[rule.path])
   return out
 
