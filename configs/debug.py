@@ -13,7 +13,6 @@ def get_config(arg: str | None = None):
   config.eval.update(every_steps=4, batch_size=4,
                      select_split='')  # TO picks on validation: all 24 clips train
   config.data.train_split = 'train'
-
   config.checkpoint.every_steps = 2
   config.train.log_every = 1
   return config

@@ -15,8 +15,10 @@ configs/fluxvit_k400.py), then on a pod:
       -m flux_jax.main --config configs/umt_fluxvit_s_from_b.py:teacher=/ckpt/fluxvit_b \
       --workdir gs://bucket/umt_s
 
-`teacher=iv2_1b` distils from the InternVideo2-1B ViT instead (layers 23..39, SPEC D.2);
-its params directory must come from a converter of the IV2 checkpoint. `classes` is the
+`teacher_model=iv2_1b` distils from the InternVideo2-1B ViT instead (layers 23..39,
+SPEC D.2), random unless `teacher=` names a params directory written by
+flux_jax.convert.iv2_teacher (configs/umt_fluxvit_s_from_iv2_1b.py sets it);
+`teacher=iv2_1b` alone still means a random IV2-1B. `classes` is the
 label count of the built dataset (the student's classifier is retrained at fine-tuning).
 `runlocal=true`: a tiny random teacher and student, two steps, a shape check.
 """
@@ -46,7 +48,7 @@ def distill(**kw) -> common.ConfigDict:
 
 
 def get_config(arg: str | None = None):
-  a = common.parse_arg(arg, teacher='', data_dir='/data/tfds', dataset='kmash', classes=710,
+  a = common.parse_arg(arg, teacher='', teacher_model='base', data_dir='/data/tfds', dataset='kmash', classes=710,
                        batch=4096, epochs=101, runlocal=False)
   config = common.ConfigDict()
   config.seed = 0
@@ -61,9 +63,12 @@ def get_config(arg: str | None = None):
       mode='distill', budgets=(3072, 2048, 1024), single_budget=2048, single_head=1,
       global_batch_size=a['batch'], epochs=a['epochs'], steps=0, smoothing=0.0,
       log_every=50))
+  iv2 = 'iv2_1b' in (a['teacher'], a['teacher_model'])
+  if not iv2 and a['teacher_model'] != 'base':
+    raise ValueError(f"teacher_model={a['teacher_model']!r} is not 'base' or 'iv2_1b'")
   config.distill = distill(teacher='' if a['teacher'] == 'iv2_1b' else a['teacher'],
                            teacher_dtype='bfloat16')
-  if a['teacher'] == 'iv2_1b':
+  if iv2:
     # Both in block order, as InternVideo2 stacks them: 23 <-> 6, ..., 39 <-> 11.
     config.distill.update(teacher_model=common.model('iv2_1b', num_classes=1),
                           teacher_layers=(23, 26, 29, 33, 36, 39),

@@ -1,8 +1,8 @@
 r"""Flux-UMT with the paper's teacher: FluxViT-S distilled from InternVideo2-1B (SPEC D.2,
 D.4, D.5): the teacher sees 2048 tokens of each flexibly sampled clip, the student passes
 2048/1536/1024 of them, the student's blocks 6..11 aligned to the teacher's 23, 26, 29,
-33, 36, 39 and its projector. The rest of the recipe is configs/umt_fluxvit_s_from_b.py (InternVideo2's S14
-distillation numbers).
+33, 36, 39 and its projector. The rest of the recipe is configs/umt_fluxvit_s_from_b.py
+(InternVideo2's S14 distillation numbers).
 
 Convert the released 1B vision encoder once (no torch needed), then train on a pod:
 
@@ -21,9 +21,4 @@ from configs import umt_fluxvit_s_from_b
 
 
 def get_config(arg: str | None = None):
-  args = dict(item.partition('=')[::2] for item in (arg or '').split(',') if item)
-  teacher = args.pop('teacher', '')
-  rest = ','.join(f'{k}={v}' for k, v in args.items())
-  config = umt_fluxvit_s_from_b.get_config(','.join(filter(None, ['teacher=iv2_1b', rest])))
-  config.distill.teacher = teacher  # '' keeps the random IV2-1B of teacher_model
-  return config
+  return umt_fluxvit_s_from_b.get_config(','.join(filter(None, ['teacher_model=iv2_1b', arg])))

@@ -14,10 +14,10 @@ the chip's HBM and whether the step fits, the collectives in the optimized progr
 the fused attention kernels (Pallas custom calls) in it. The step fits when libtpu
 compiles it: libtpu refuses a program that exceeds the chip's HBM (RESOURCE_EXHAUSTED,
 with the temporaries it would need, which the report then gives), and under pressure
-it rematerializes more on its own, so a peak near the HBM means extra recompute. FLOPs per step are the model's,
-whatever kernel runs them: the same step lowered for one CPU device with every attention
-as XLA matmuls (XLA's cost analysis counts no FLOPs inside a Pallas kernel, and a TPU
-lowering has no cost analysis without a TPU client).
+it rematerializes more on its own, so a peak near the HBM means extra recompute. FLOPs
+per step are the model's, whatever kernel runs them: the same step lowered for one CPU
+device with every attention as XLA matmuls (XLA's cost analysis counts no FLOPs inside a
+Pallas kernel, and a TPU lowering has no cost analysis without a TPU client).
 
 libtpu is needed on the host (never on the runtime path): `make .venv/.aot` installs it
 into .venv/libtpu, which this module finds, or set TPU_LIBRARY_PATH, or install
@@ -206,12 +206,11 @@ def run(config, topology: str, batch_per_chip: int | None = None) -> dict[str, A
     need = OUT_OF_MEMORY.search(str(e))
     if 'RESOURCE_EXHAUSTED' not in str(e) or not need:
       raise
-    arguments = _bytes_per_device(args)
+    arguments, temp = _bytes_per_device(args), int(float(need.group(1)) * 2**30)
     return dict(report, compile_s=time.perf_counter() - t0, fits=False,
                 argument_bytes_per_chip=arguments, output_bytes_per_chip=None,
-                alias_bytes_per_chip=None,
-                temp_bytes_per_chip=int(float(need.group(1)) * 2**30),
-                peak_bytes_per_chip=arguments + int(float(need.group(1)) * 2**30),
+                alias_bytes_per_chip=None, temp_bytes_per_chip=temp,
+                peak_bytes_per_chip=arguments + temp,
                 usable_hbm_bytes_per_chip=int(float(need.group(2)) * 2**30),
                 xla_flops_per_chip=None, ops=None, error=need.group(0))
   mem = compiled.memory_analysis()

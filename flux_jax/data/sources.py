@@ -16,20 +16,15 @@ def open_dataset(config: Mapping[str, Any]):
   Splits are TFDS split specs, slices included ('train[:90%]', 'train[-200:]').
   A video_csv dataset must have been built with `flux_jax.data.builders.video_csv.build`.
   """
-  builder = _builder(config)
+  builder = open_builder(config)
   names = builder.info.features['label'].names
   return (builder.as_data_source(config['train_split']),
           builder.as_data_source(config['eval_split']), names)
 
 
-def open_split(config: Mapping[str, Any], split: str):
-  """The random-access source of any split spec of the `config.data` block's dataset."""
-  return _builder(config).as_data_source(split)
-
-
-def shared_examples(config: Mapping[str, Any], split_a: str, split_b: str) -> int:
-  """How many examples two split specs of the dataset have in common (0: disjoint)."""
-  splits = _builder(config).info.splits
+def shared_examples(builder: tfds.core.DatasetBuilder, split_a: str, split_b: str) -> int:
+  """How many examples two split specs of a dataset have in common (0: disjoint)."""
+  splits = builder.info.splits
   def ranges(spec):
     instructions = tfds.core.ReadInstruction.from_spec(spec).to_absolute(splits)
     return [(i.splitname, i.from_ or 0,  # None: the split's start, its end
@@ -40,7 +35,9 @@ def shared_examples(config: Mapping[str, Any], split_a: str, split_b: str) -> in
              for name_b, b_from, b_to in ranges(split_b) if name_a == name_b)
 
 
-def _builder(config: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
+def open_builder(config: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
+  """The dataset builder of the `config.data` block (built first where open_dataset
+  builds it); `as_data_source(spec)` gives any split spec's source."""
   name, data_dir = config['name'], os.path.expanduser(config['data_dir'])
   if name == 'synthetic_motion':
     from flux_jax.data.builders import synthetic_motion  # pylint: disable=g-import-not-at-top

@@ -35,8 +35,7 @@ import jax
 
 from flux_jax import checkpoint
 from flux_jax import sharding as sharding_lib
-from flux_jax.data.sources import open_dataset
-from flux_jax.data.sources import open_split
+from flux_jax.data.sources import open_builder
 from flux_jax.data.sources import shared_examples
 from flux_jax.eval.budgets import accuracy_by_budget
 from flux_jax.eval.flops import gflops
@@ -329,11 +328,13 @@ def evaluate_checkpoint(directory: str, out_dir: str, *, frames: Sequence[int],
     raise ValueError(f'batch_size {batch_size} must divide by num_crops {num_crops} and '
                      f'by the {rows_per_batch} devices')
   _check_args(model, budgets, frames, resolutions, plain_resolution)  # before any data
-  _, source, class_names = open_dataset(config['data'])
+  builder = open_builder(config['data'])  # once: the evaluation and selection splits
+  source = builder.as_data_source(config['data']['eval_split'])
+  class_names = builder.info.features['label'].names
   if select_split:
     trained_on = (meta.get('config') or config)['data']['train_split']
     for split, role in ((trained_on, 'training'), (config['data']['eval_split'], 'evaluation')):
-      shared = shared_examples(config['data'], select_split, split)
+      shared = shared_examples(builder, select_split, split)
       if shared:
         raise ValueError(f'{directory}: select_split {select_split!r} shares {shared} '
                          f'examples with the {role} split {split!r}; hold it out (e.g. '
@@ -349,7 +350,7 @@ def evaluate_checkpoint(directory: str, out_dir: str, *, frames: Sequence[int],
       progress=progress)
   rows = grid_search(source)
   if select_split:  # the same grids in the same order, best picked there
-    for row, picked_on in zip(rows, grid_search(open_split(config['data'], select_split))):
+    for row, picked_on in zip(rows, grid_search(builder.as_data_source(select_split))):
       row['select_top1'] = picked_on['top1']
     mark_best(rows, key='select_top1')
   paths = {}

@@ -52,7 +52,8 @@ def disc_tokens(scene: synthetic.Scene, frame_index: np.ndarray) -> np.ndarray:
   h, w = scene.size
   alpha = np.zeros((len(frame_index), h, w, 3), np.float32)
   for j, i in enumerate(frame_index):  # the disc alone, drawn as render() draws it
-    synthetic._draw(alpha[j], scene.disc_center[i], scene.disc_radius[i],  # pylint: disable=protected-access
+    # pylint: disable-next=protected-access
+    synthetic._draw(alpha[j], scene.disc_center[i], scene.disc_radius[i],
                     np.full(3, 255.0, np.float32), disc=True)
   alpha = resize_bilinear(alpha, RESOLUTION, RESOLUTION)[..., 0] / 255.0  # [T, R, R]
   g = RESOLUTION // PATCH
