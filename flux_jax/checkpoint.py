@@ -42,6 +42,7 @@ CONFIG = 'config'
 STATE = 'state'
 DATA = 'data'
 CHECKPOINTS = 'checkpoints'  # the CheckpointManager's folder inside a workdir
+PARAMS_DIR = 'params'  # WORKDIR/params: a finished run's params checkpoint (load_params)
 _MAX_LISTED = 8  # per kind of mismatch in error messages
 
 

@@ -78,6 +78,20 @@ def test_sized_config(tmp_path):
   assert len(builder.as_data_source('validation')) == 6
 
 
+def test_a_sized_name_is_its_config():
+  config = synthetic_motion.parse('n7_6_s2_panning')
+  assert (config.name, config.num_train, config.num_validation, config.seed,
+          config.difficulty) == ('n7_6_s2_panning', 7, 6, 2, 'panning')
+  assert synthetic_motion.parse('n7_6').difficulty == 'easy'
+  assert synthetic_motion.parse('panning') == 'panning'  # registered: TFDS's own
+  with pytest.raises(ValueError, match="'n7_6_s0': write it 'n7_6'"):
+    synthetic_motion.parse('n7_6_s0')
+  with pytest.raises(ValueError, match="difficulty 'wobbly'"):
+    synthetic_motion.parse('n7_6_wobbly')
+  with pytest.raises(ValueError, match="config 'huge' is not one of 'tiny'"):
+    synthetic_motion.parse('huge')
+
+
 def test_a_half_built_dataset_is_rebuilt_never_opened(tmp_path, caplog):
   """A killed build's leftovers: a shard file gone, dataset_info.json gone, an
   incomplete.* directory. Each is detected and rebuilt; a finished build is reused."""

@@ -91,6 +91,9 @@ def test_summary_names_the_plain_fixed_and_best_grid_of_each_budget():
   assert lines[2] == ('| 32 | 2 x 56^2, 32 -> 32: 50.0% (0.32) | 4 x 56^2, 64 -> 32: 60.0% '
                       '(0.64) | 8 x 56^2, 128 -> 32: 80.0% (1.28) |')
   assert len(lines) == 4
+  rows[1]['videos'] = 100  # with the evaluation's size, its binomial standard error
+  assert '4 x 56^2, 64 -> 32: 60.0 ± 4.9% (0.64)' in to_lib.summary_table(
+      to_lib.summarize(rows, fixed=(4, 56)))
 
 
 def test_search_evaluates_only_fitting_grids_and_writes_results(run, monkeypatch):

@@ -22,11 +22,21 @@ Design constraints that the research relies on:
   * Varied frame sizes (both sides even, aspect 0.58 to 1.71) and lengths (32-64
     frames), so that resolution, frame count and token selection matter.
 
-Two difficulties (`DIFFICULTIES`), the same in everything above:
-  * 'easy' (the default): a disc 24-44 px across that travels 40-70% of the frame over a
-    faint texture (0.3 of the 'hard' amplitude); the squares stand still, so the disc is
-    the only moving object. A small ViT learns it from scratch in minutes on a CPU (the
-    demo). With the full texture a small ViT stayed at chance after 400 steps.
+Three difficulties (`DIFFICULTIES`), the same in everything above:
+  * 'easy': a disc 24-44 px across that travels 40-70% of the frame over a faint texture
+    (0.3 of the 'hard' amplitude); the squares stand still, so the disc is the only
+    moving object: the selector keeps it at any budget (93% of its tokens at 1/8 of
+    8 x 112^2, `flux_jax.experiments.selector_recall`), so budgets hardly matter. With
+    the full texture a small ViT stayed at chance after 400 steps.
+  * 'panning' (the demo's): the 'easy' disc among 2-4 squares that wander and resize,
+    over the faint texture panning at up to 1 px per frame (32-64 px over a clip).
+    What each factor does to a model trained on a fixed grid: the pan makes every
+    textured token change between frames and the squares move, so the selector's most
+    dynamic tokens are no longer the disc alone and a small budget keeps a part of it
+    (73% of the disc's tokens at 32 of 8 x 56^2's 128); only size and shape tell the disc
+    from the squares, detail that a low resolution loses; the disc's path spans the whole
+    clip, so a few frames still show its direction. docs/synthetic_motion_panning_strip.png
+    shows one clip of each class.
   * 'hard': a disc 10-20 px across (below one 14 px patch after Flux's downscaling)
     travelling 30-55%, and squares that wander and resize at random, so only the disc's
     shape tells it from them. Version 1.0.0 of the dataset, draw for draw.
@@ -63,6 +73,7 @@ class Difficulty:
   squares_move: bool  # distractors wander and resize (else they stand still)
   texture: float  # amplitude of the background texture (1: the 1.0.0 texture)
   max_pan: float = MAX_PAN  # background pan speed, px per frame, drawn in [0, max_pan]
+  num_squares: tuple[int, int] = (1, 2)  # inclusive range of the number of distractors
 
 
 DIFFICULTIES = {
@@ -70,6 +81,9 @@ DIFFICULTIES = {
                        travel=(0.4, 0.7), squares_move=False, texture=0.3),
     'hard': Difficulty(move_radius=(5.0, 10.0), scale_radius=((4.0, 5.5), (8.5, 11.0)),
                        travel=(0.3, 0.55), squares_move=True, texture=1.0),
+    'panning': Difficulty(move_radius=(12.0, 22.0), scale_radius=((6.0, 9.0), (18.0, 24.0)),
+                          travel=(0.4, 0.7), squares_move=True, texture=0.3, max_pan=1.0,
+                          num_squares=(2, 4)),
 }
 
 
@@ -132,7 +146,7 @@ def make_scene(seed: int, label: int | None = None, difficulty: str | Difficulty
   h, w = (2 * int(rng.integers(SIDE[0] // 2, SIDE[1] // 2 + 1)) for _ in range(2))
   canvas, offsets, bg_luma = _panning_background(rng, t, h, w, level.texture, level.max_pan)
   squares = tuple((*_distractor_path(rng, t, h, w, level.squares_move),
-                   _object_color(rng, bg_luma)) for _ in range(int(rng.integers(1, 3))))
+                   _object_color(rng, bg_luma)) for _ in range(int(rng.integers(level.num_squares[0], level.num_squares[1] + 1))))
   center, radius = _disc_path(rng, label, t, h, w, level)
   return Scene(
       label=label, canvas=canvas, offsets=offsets, size=(h, w), squares=squares,
@@ -265,12 +279,12 @@ def _draw(frame: np.ndarray, center: np.ndarray, size: float, color: np.ndarray,
 
 
 def contact_sheet(seeds_and_labels: Sequence[tuple[int, int]], num_frames: int = 8,
-                  gap: int = 4) -> np.ndarray:
+                  gap: int = 4, difficulty: str | Difficulty = 'easy') -> np.ndarray:
   """One row per clip of `num_frames` evenly spaced frames, on white: uint8 [H, W, 3]."""
   cell = SIDE[1] + gap
   sheet = np.full((len(seeds_and_labels) * cell, num_frames * cell, 3), 255, np.uint8)
   for row, (seed, label) in enumerate(seeds_and_labels):
-    frames, _ = make_clip(seed, label)
+    frames, _ = make_clip(seed, label, difficulty)
     t, h, w, _ = frames.shape
     for col, i in enumerate(np.linspace(0, t - 1, num_frames).round().astype(int)):
       sheet[row * cell:row * cell + h, col * cell:col * cell + w] = frames[i]
@@ -278,8 +292,10 @@ def contact_sheet(seeds_and_labels: Sequence[tuple[int, int]], num_frames: int =
 
 
 if __name__ == '__main__':
-  # python -m flux_jax.data.synthetic docs/synthetic_motion_strip.png
+  # python -m flux_jax.data.synthetic docs/synthetic_motion_strip.png [DIFFICULTY]
+  #   (docs/synthetic_motion_panning_strip.png: DIFFICULTY panning)
   # Rows, top to bottom: one clip of each class in CLASS_NAMES order (seeds 0..5).
-  sheet = contact_sheet([(seed, seed) for seed in range(NUM_CLASSES)])
+  sheet = contact_sheet([(seed, seed) for seed in range(NUM_CLASSES)],
+                        difficulty=sys.argv[2] if len(sys.argv) > 2 else 'easy')
   with open(sys.argv[1], 'wb') as f:
     f.write(decode.encode_png(sheet))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import jax
@@ -12,6 +13,11 @@ from flux_jax.model.fluxvit import FluxViT
 from flux_jax.tokens.plan import FluxPlan
 from flux_jax.tokens.select import keeps_all
 from flux_jax.train.steps import make_eval_step
+
+
+def standard_error(top1: float, videos: int) -> float:
+  """The binomial standard error of a top-1 measured on `videos` videos."""
+  return math.sqrt(top1 * (1.0 - top1) / videos) if videos else float('nan')
 
 
 @functools.lru_cache(maxsize=64)

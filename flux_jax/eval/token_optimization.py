@@ -38,6 +38,7 @@ from flux_jax import sharding as sharding_lib
 from flux_jax.data.sources import open_builder
 from flux_jax.data.sources import shared_examples
 from flux_jax.eval.budgets import accuracy_by_budget
+from flux_jax.eval.budgets import standard_error
 from flux_jax.eval.flops import gflops
 from flux_jax.model.fluxvit import FluxViT
 from flux_jax.tokens.plan import FluxPlan
@@ -205,10 +206,13 @@ def summarize(rows: Sequence[Mapping[str, Any]],
 
 
 def summary_table(summary: Sequence[Mapping[str, Any]]) -> str:
-  """One line per budget of `summarize`: each grid with its top-1 and GFLOPs per view."""
+  """One line per budget of `summarize`: each grid with its top-1 (and its standard
+  error, given the row's number of videos) and GFLOPs per view."""
   def cell(r):
+    se = (f" ± {100 * standard_error(r['top1'], r['videos']):.1f}" if r.get('videos')
+          else '')
     return (f"{r['frames']} x {r['resolution']}^2, {r['raw_tokens']} -> {r['tokens']}: "
-            f"{100 * r['top1']:.1f}% ({r['gflops']:.3g})")
+            f"{100 * r['top1']:.1f}{se}% ({r['gflops']:.3g})")
   kinds = [k for k in ('plain', 'fixed', 'best') if k in summary[0]]
   names = dict(plain='plain grid (no TO)', fixed='fixed grid', best='best grid (TO)')
   lines = ['| budget | ' + ' | '.join(names[k] for k in kinds) + ' |',
@@ -218,8 +222,10 @@ def summary_table(summary: Sequence[Mapping[str, Any]]) -> str:
   return '\n'.join(lines)
 
 
-def save_plot(rows: Sequence[Mapping[str, Any]], path: str, title: str = '') -> None:
-  """Top-1 against GFLOPs: every grid evaluated, the plain grids, the best grids."""
+def save_plot(rows: Sequence[Mapping[str, Any]], path: str, title: str = '',
+              fixed: tuple[int, int] | None = None) -> None:
+  """Top-1 against GFLOPs: every grid evaluated, the plain grids, the best grids and,
+  given a `fixed` (frames, resolution) grid, that grid reduced to every budget."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -230,7 +236,12 @@ def save_plot(rows: Sequence[Mapping[str, Any]], path: str, title: str = '') -> 
   fig, ax = plt.subplots(figsize=(5.5, 4))
   ax.scatter([r['gflops'] for r in rows], [100 * r['top1'] for r in rows], s=12,
              color='lightgray', label='grids evaluated', zorder=1)
-  for line, style, label in ((plain, 's--', 'without TO'), (best, 'o-', 'with TO')):
+  lines = [(plain, 's--', 'without TO: plain grid')]
+  if fixed is not None:
+    lines.append(([s['fixed'] for s in summarize(rows, fixed)], 'v:',
+                  f'without TO: {fixed[0]} x {fixed[1]}^2 + selector'))
+  lines.append((best, 'o-', 'with TO'))
+  for line, style, label in lines:
     line = sorted(line, key=lambda r: r['gflops'])
     ax.plot([r['gflops'] for r in line], [100 * r['top1'] for r in line], style,
             label=label, zorder=2)
@@ -247,9 +258,18 @@ def save_plot(rows: Sequence[Mapping[str, Any]], path: str, title: str = '') -> 
   plt.close(fig)
 
 
+def run_name(checkpoint_dir: str) -> str:
+  """What a plot calls a checkpoint: its run's directory for WORKDIR/params."""
+  path = os.path.normpath(os.path.abspath(checkpoint_dir))
+  name = os.path.basename(path)
+  return os.path.basename(os.path.dirname(path)) if name == checkpoint.PARAMS_DIR else name
+
+
 def save_results(rows: Sequence[Mapping[str, Any]], out_dir: str, *,
-                 checkpoint_dir: str) -> dict[str, str]:
-  """Writes to.csv, to.json and to.png to `out_dir`; returns their paths by kind."""
+                 checkpoint_dir: str, title: str = '',
+                 fixed: tuple[int, int] | None = None) -> dict[str, str]:
+  """Writes to.csv, to.json and to.png to `out_dir`; returns their paths by kind. The
+  plot's title defaults to `run_name(checkpoint_dir)`."""
   os.makedirs(out_dir, exist_ok=True)
   paths = {kind: os.path.join(out_dir, name)
            for kind, name in (('csv', CSV), ('json', JSON), ('png', PLOT))}
@@ -259,7 +279,8 @@ def save_results(rows: Sequence[Mapping[str, Any]], out_dir: str, *,
     writer.writerows(rows)
   with open(paths['json'], 'w') as f:
     json.dump({'checkpoint': checkpoint_dir, 'rows': [dict(r) for r in rows]}, f, indent=1)
-  save_plot(rows, paths['png'], title=os.path.basename(os.path.normpath(checkpoint_dir)))
+  save_plot(rows, paths['png'], fixed=fixed,
+            title=title or f'Token Optimization: {run_name(checkpoint_dir)}')
   return paths
 
 
@@ -272,7 +293,8 @@ def evaluate_checkpoint(directory: str, out_dir: str, *, frames: Sequence[int],
                         config: Mapping[str, Any] | None = None,
                         plain_resolution: int | None = None, num_clips: int | None = None,
                         num_crops: int | None = None, batch_size: int | None = None,
-                        select_split: str | None = None,
+                        select_split: str | None = None, title: str = '',
+                        fixed: tuple[int, int] | None = None,
                         progress: Callable[[dict], None] | None = None
                         ) -> tuple[list[dict], dict[str, str]]:
   """Token Optimization of a params checkpoint (`checkpoint.save_params`) on its data.
@@ -294,6 +316,9 @@ def evaluate_checkpoint(directory: str, out_dir: str, *, frames: Sequence[int],
       evaluation split. None: the checkpoint's or the config's `eval.select_split`, else
       none (the best grid is picked on the evaluation split); '' forces none. Refused
       when it shares examples with the training or the evaluation split.
+    title: the plot's; default 'Token Optimization: RUN' (`run_name`).
+    fixed: a (frames, resolution) grid among the candidates, drawn reduced to every
+      budget (the no-TO reference, e.g. the training run's evaluation grid).
 
   Returns:
     (rows, paths of the written files).
@@ -355,5 +380,6 @@ def evaluate_checkpoint(directory: str, out_dir: str, *, frames: Sequence[int],
     mark_best(rows, key='select_top1')
   paths = {}
   if jax.process_index() == 0:
-    paths = save_results(rows, out_dir, checkpoint_dir=os.path.abspath(directory))
+    paths = save_results(rows, out_dir, checkpoint_dir=os.path.abspath(directory),
+                         title=title, fixed=fixed)
   return rows, paths

@@ -36,7 +36,7 @@ from flux_jax.train.state import TrainState
 from flux_jax.xla import CompileCounter
 
 
-PARAMS_DIR = 'params'  # WORKDIR/params: the finished run's params (checkpoint.load_params)
+PARAMS_DIR = checkpoint.PARAMS_DIR  # WORKDIR/params: the finished run's params
 PROGRESS_SECONDS = 60.0  # the longest gap between progress lines
 
 

@@ -6,6 +6,8 @@ encoded as H.264 mp4 and stored in array_record; nothing is downloaded.
   builder = build('tiny', data_dir)            # 24 train / 12 validation clips
   builder = build('demo', data_dir)            # 2004 / 396
   builder = build('demo_hard', data_dir)       # 2004 / 396, difficulty 'hard'
+  builder = build('panning', data_dir)         # 2004 / 396, difficulty 'panning' (the demo)
+  builder = build('n600_120_s3_panning', data_dir)  # 'panning' drawn from seed 3
   builder = build(sized(600, 120), data_dir)   # any size: config 'n600_120'
   source = builder.as_data_source('train')     # feeds grain.MapDataset.source
 
@@ -16,9 +18,9 @@ every example depends only on (config seed, split, i), never on the worker count
 
 from __future__ import annotations
 
-import functools
-
 import dataclasses
+import functools
+import re
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -71,6 +73,9 @@ class SyntheticMotion(common.LocalBuilder):
       SyntheticMotionConfig(name='demo_hard', num_train=2004, num_validation=396,
                             difficulty='hard',
                             description="2004 train / 396 validation clips, 'hard'."),
+      SyntheticMotionConfig(name='panning', num_train=2004, num_validation=396,
+                            difficulty='panning',
+                            description="2004 train / 396 validation clips, 'panning'."),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -114,17 +119,37 @@ def _example(job: tuple[str, int, int, str, int, int]) -> tuple[str, dict]:
   return key, common.record(video, label, key, info)
 
 
+def parse(name: str) -> str | SyntheticMotionConfig:
+  """A config name (`data.config`): a registered one as is, else the name `sized` gives
+  a config, 'n<train>_<validation>[_s<seed>][_<difficulty>]' (e.g. 'n600_120_s3_panning':
+  a variant of the 'panning' task drawn from seed 3), as that config."""
+  if name in {c.name for c in SyntheticMotion.BUILDER_CONFIGS}:
+    return name
+  match = re.fullmatch(r'n(\d+)_(\d+)(?:_s(\d+))?(?:_([a-z]+))?', name)
+  if match is None:
+    registered = ', '.join(repr(c.name) for c in SyntheticMotion.BUILDER_CONFIGS)
+    raise ValueError(f'synthetic_motion config {name!r} is not one of {registered} or '
+                     "'n<train>_<validation>[_s<seed>][_<difficulty>]'")
+  train, validation, seed, difficulty = match.groups()
+  config = sized(int(train), int(validation), int(seed or 0), difficulty or 'easy')
+  if config.name != name:  # e.g. 'n6_3_s0': seed 0 and 'easy' are not spelled out
+    raise ValueError(f'synthetic_motion config {name!r}: write it {config.name!r}')
+  return config
+
+
 def build(name_or_config: str | SyntheticMotionConfig, data_dir: str,
           num_workers: int | None = None) -> SyntheticMotion:
   """Builds (or reuses) synthetic_motion in `data_dir` and returns its builder.
 
   Args:
-    name_or_config: 'tiny', 'demo', 'demo_hard', or a config such as `sized(600, 120)`.
+    name_or_config: 'tiny', 'demo', 'demo_hard', 'panning', a `sized` name such as
+      'n600_120_s3_panning' (`parse`), or a config such as `sized(600, 120)`.
     data_dir: the TFDS data directory; the dataset lands in
       data_dir/synthetic_motion/<config>/<version>.
     num_workers: encoding processes; default, one per CPU. Above 1 they are spawned,
       so a calling script needs an `if __name__ == '__main__':` guard.
   """
   workers = common.default_workers() if num_workers is None else num_workers
+  config = parse(name_or_config) if isinstance(name_or_config, str) else name_or_config
   return common.prepare(functools.partial(SyntheticMotion, data_dir=data_dir,
-                                          config=name_or_config, num_workers=workers))
+                                          config=config, num_workers=workers))
