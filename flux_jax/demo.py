@@ -43,6 +43,13 @@ _RESOLUTIONS = flags.DEFINE_list('resolutions', ['56', '84', '112'],
                                  'Token Optimization resolutions (multiples of 14).')
 
 
+def _progress(row: dict) -> None:
+  """A line per (budget, grid) evaluated, on the validation then the held-out split:
+  a grid takes seconds, the whole search minutes."""
+  print(f"TO: evaluated {row['frames']} x {row['resolution']}^2 ({row['raw_tokens']} raw "
+        f"tokens) at {row['budget']} tokens", flush=True)
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -69,7 +76,7 @@ def main(argv):
       params, os.path.join(workdir, 'to'),
       frames=sorted({int(t) for t in _FRAMES.value} | {fixed[0]}),
       resolutions=sorted({int(r) for r in _RESOLUTIONS.value} | {fixed[1]}),
-      batch_size=config.eval.batch_size, fixed=fixed,
+      batch_size=config.eval.batch_size, fixed=fixed, progress=_progress,
       title=f'Flux-Multi, {int(state.step)} steps on synthetic_motion/{_SIZE.value}')
   print(f'\nToken Optimization of {params} ({time.perf_counter() - t0:.0f} s); chance is '
         f'{100 / NUM_CLASSES:.1f}%:\n{token_optimization.markdown_table(rows)}')

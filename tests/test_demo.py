@@ -19,15 +19,16 @@ def test_demo_trains_then_prints_and_saves_the_token_optimization_table(tmp_path
       cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert done.returncode == 0, done.stderr[-3000:]
   assert 'trained 2 Flux-Multi steps' in done.stdout
+  assert 'TO: evaluated 8 x 56^2 (128 raw tokens) at 16 tokens' in done.stdout  # progress
   with open(workdir / 'to' / 'to.json') as f:
     rows = json.load(f)['rows']
-  # Budgets 256/128/64 (the model's heads). --frames 4 and --resolutions 56 gain the
-  # eval grid's 8 and 112: grids 4x56^2 (64 raw), 8x56^2 (128), 4x112^2 (256), 8x112^2.
+  # Budgets 64/32/16 (the model's heads). --frames 4 and --resolutions 56 gain the eval
+  # grid's 8 x 56^2: grids 4x56^2 (64 raw), 8x56^2 (128), after each budget's plain grid.
   grids = {b: [(r['frames'], r['resolution']) for r in rows if r['budget'] == b]
-           for b in (256, 128, 64)}
-  assert grids == {256: [(4, 112), (8, 112)],  # plain 4x112^2 is also the first candidate
-                   128: [(2, 112), (8, 56), (4, 112), (8, 112)],
-                   64: [(1, 112), (4, 56), (8, 56), (4, 112), (8, 112)]}
+           for b in (64, 32, 16)}
+  assert grids == {64: [(4, 56), (8, 56)],  # plain 4x56^2 is also the first candidate
+                   32: [(2, 56), (4, 56), (8, 56)],
+                   16: [(1, 56), (4, 56), (8, 56)]}
   assert all(r['videos'] == 12 for r in rows)
   # The best grids were picked on the 10% of train held out of training (unbiased TO).
   assert all(r['select_top1'] is not None for r in rows)
@@ -36,8 +37,9 @@ def test_demo_trains_then_prints_and_saves_the_token_optimization_table(tmp_path
   with open(workdir / 'summary.md') as f:
     summary = f.read().splitlines()
   assert summary[0] == '| budget | plain grid (no TO) | fixed grid | best grid (TO) |'
-  assert [line.split(' | ')[0] for line in summary[2:]] == ['| 256', '| 128', '| 64']
-  assert '| 128 | 2 x 112^2, 128 -> 128: ' in summary[3]
-  assert '8 x 112^2, 512 -> 128: ' in summary[3]  # the fixed grid reduced to the budget
+  assert [line.split(' | ')[0] for line in summary[2:]] == ['| 64', '| 32', '| 16']
+  assert '| 32 | 2 x 56^2, 32 -> 32: ' in summary[3]
+  assert '8 x 56^2, 128 -> 32: ' in summary[3]  # the fixed grid reduced to the budget
+  assert ' ± ' in summary[3]  # top-1 with its standard error
   assert '\n'.join(summary) in done.stdout
   assert sorted(os.listdir(workdir / 'to')) == ['to.csv', 'to.json', 'to.png']

@@ -146,6 +146,18 @@ def test_search_evaluates_only_fitting_grids_and_writes_results(run, monkeypatch
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   text = to_lib.markdown_table(rows)
   assert text.count('**best**') == 2 and text.count('\n') == len(rows) + 1
+  # The plot can draw a fixed grid reduced to every budget, when that grid was evaluated.
+  fixed = (rows[-1]['frames'], rows[-1]['resolution'])
+  to_lib.save_plot(rows, os.path.join(out, 'fixed.png'), fixed=fixed)
+  assert os.path.getsize(os.path.join(out, 'fixed.png')) > 0
+  with pytest.raises(ValueError, match='the fixed grid 3 x 14'):
+    to_lib.save_plot(rows, os.path.join(out, 'bad.png'), fixed=(3, 14))
+
+
+def test_a_run_is_named_by_its_directory():
+  assert to_lib.run_name('/runs/demo/train/params') == 'train'
+  assert to_lib.run_name('/runs/demo/train/params/') == 'train'
+  assert to_lib.run_name('/ckpt/fluxvit_s_k400') == 'fluxvit_s_k400'
 
 
 def test_bad_arguments_name_what_is_wrong(run, tmp_path):
