@@ -49,6 +49,10 @@ def test_the_table_and_verdicts_carry_standard_errors_and_call_small_gaps_noise(
   # TO 0.765 against 0.76 on 400 videos: half a point, far inside two standard errors.
   assert 'Flux-Multi at 32 tokens, TO - fixed grid: +0.5 ± 3.0 points (noise)' in lines
   assert 'w/o Flux at 32 tokens, TO - fixed grid: +10.0 ± 3.5 points' in lines
+  worse = _results('noflux', (0.4, 0.35, 0.3), (0.4, 0.35, 0.3)) + _results(
+      'multi', (0.6, 0.5, 0.4), (0.6, 0.5, 0.4))
+  assert ('Flux-Multi loses more than w/o Flux (20.0 against 10.0 points; SPEC E.3: 4.8 '
+          'against 17.2)') in br.verdicts(worse)
 
 
 def test_a_drop_is_measured_on_the_fixed_grid():

@@ -50,6 +50,7 @@ def test_evaluate_each_averages_each_steps_views_like_numpy():
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
   config = debug.get_config()
+  config.model.head_budgets = (256, 128, 64)  # the heads the budgets below name
   config.data.data_dir = str(tmp_path_factory.mktemp('budgets') / 'tfds')
   source = synthetic_motion.build('tiny', config.data.data_dir).as_data_source('validation')
   model = make_model(config.model)

@@ -58,7 +58,7 @@ def test_commands_are_printed_exactly_and_quoted_for_the_shell(tmp_path, capsys)
   argv = shlex.split(lines[1])
   config = sweep.parse_config(argv[argv.index('--config') + 1], argv[7:])
   assert config.data.data_dir == "/data/my tfds's" and config.flux.frames == (4, 8, 2)
-  assert config.train.steps == 3 and config.optim.lr == 1e-3  # the base config's lr
+  assert config.train.steps == 3 and config.optim.lr == 2e-3  # the base config's lr
 
 
 def test_a_one_element_tuple_stays_a_tuple(tmp_path, capsys):
