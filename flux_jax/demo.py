@@ -3,11 +3,11 @@
   python -m flux_jax.demo [--workdir=workdir/demo] [--steps=N]     (or: make demo)
       [--frames=4,8,12,16 --resolutions=56,84,112] [--size=panning]
 
-1. builds the synthetic_motion 'panning' dataset locally (TFDS array_record, ~3 minutes):
+1. builds the synthetic_motion 'panning' dataset locally (TFDS array_record, ~2 minutes):
    a disc's motion among wandering squares over a panning, textured background, where
    the selector cannot keep the disc alone (flux_jax.data.synthetic);
-2. trains a small FluxViT with Flux-Multi (configs/synthetic_demo.py: heads for 128, 64
-   and 32 tokens, grids of 4-16 frames at 56-112 px); the run exports WORKDIR/train/params;
+2. trains a small FluxViT with Flux-Multi (configs/synthetic_demo.py: heads for 64, 32
+   and 16 tokens, grids of 4-16 frames at 56-112 px); the run exports WORKDIR/train/params;
 3. Token Optimization of those params (flux_jax.eval.token_optimization): at the full,
    1/2 and 1/4 budgets, every grid of --frames x --resolutions with enough raw tokens,
    beside the plain grid (whole 56^2 frames up to the budget) and the fixed 8 x 56^2
