@@ -60,3 +60,21 @@ def test_a_drop_is_measured_on_the_fixed_grid():
   lost, se = br.drop(full, small)
   assert lost == pytest.approx(0.3)
   assert se == pytest.approx(math.hypot(full['fixed_se'], small['fixed_se']))
+
+
+def test_checks_state_table_5s_lesson_as_pass_or_fail():
+  # w/o Flux loses 30 points, Flux-Multi 6: it keeps 80% of the loss; TO is never below.
+  good = (_results('noflux', (0.80, 0.70, 0.50), (0.80, 0.72, 0.60))
+          + _results('multi', (0.82, 0.80, 0.76), (0.83, 0.80, 0.765)))
+  checks = br.checks(good)
+  assert all(ok for _, ok in checks), checks
+  assert checks[0][0].startswith('w/o Flux loses >= 10 points from 128 to 32 tokens: 30.0 ± ')
+  assert checks[1][0] == 'Flux-Multi keeps >= 67% of that loss: 80% (its drop 6.0 points)'
+  # A 9-point w/o-Flux drop fails the first check; Multi losing 4 of it keeps only 56%;
+  # TO 3 points under the fixed grid (SE ~3.2 on 400 videos) is noise but still below.
+  bad = (_results('noflux', (0.50, 0.45, 0.41), (0.47, 0.45, 0.41))
+         + _results('multi', (0.60, 0.58, 0.56), (0.60, 0.58, 0.56)))
+  verdict = dict(br.checks(bad))
+  assert [ok for ok in verdict.values()] == [False, False, True, False, True, True]
+  assert ('w/o Flux: TO not below the fixed grid by more than 2 SE at any budget (worst: '
+          '128 tokens, -3.0 ± 3.5)') in verdict

@@ -21,8 +21,9 @@ r"""Budget robustness on synthetic_motion: the small-scale analogue of Table 5 (
 drawn from another seed (flux_jax.data.builders.synthetic_motion.parse).
 
 The lesson to look for (SPEC E.3): without Flux, accuracy falls as the budget shrinks;
-Flux-Multi keeps most of it; TO adds accuracy at an equal budget. Each training stage is
-skipped when its WORKDIR/<run>/params exists, so a rerun only evaluates.
+Flux-Multi keeps most of it; TO adds accuracy at an equal budget; `checks` states it as
+pass/fail lines (the w/o-Flux drop >= 10 points, Flux-Multi keeping >= 2/3 of it, TO not
+below the fixed grid), printed under the table. Each training stage is skipped when its WORKDIR/<run>/params exists, so a rerun only evaluates.
 """
 
 from __future__ import annotations
@@ -152,6 +153,39 @@ def verdicts(results: list[dict]) -> list[str]:
   return lines
 
 
+def checks(results: list[dict], *, min_drop: float = 0.10, min_kept: float = 2 / 3
+           ) -> list[tuple[str, bool]]:
+  """Table 5's lesson as pass/fail checks: without Flux the fixed grid loses at least
+  `min_drop` from the full budget to the smallest; Flux-Multi keeps at least `min_kept`
+  of that loss (1 - its own drop / w/o Flux's, SPEC E.3: 72%); TO at an equal budget is
+  not below the fixed grid (by more than two standard errors, and at all)."""
+  budgets = list(dict.fromkeys(r['budget'] for r in results))
+  row = {(r['run'], r['budget']): r for r in results}
+  out = []
+  if ('noflux', budgets[0]) in row:
+    base, se = drop(row['noflux', budgets[0]], row['noflux', budgets[-1]])
+    out.append((f'w/o Flux loses >= {100 * min_drop:.0f} points from {budgets[0]} to '
+                f'{budgets[-1]} tokens: {100 * base:.1f} ± {100 * se:.1f}', base >= min_drop))
+    if ('multi', budgets[0]) in row:
+      multi, _ = drop(row['multi', budgets[0]], row['multi', budgets[-1]])
+      kept = 1 - multi / base if base > 0 else float('nan')
+      out.append((f'Flux-Multi keeps >= {100 * min_kept:.0f}% of that loss: '
+                   f'{100 * kept:.0f}% (its drop {100 * multi:.1f} points)',
+                   base > 0 and kept >= min_kept))
+  for run in RUNS:
+    gaps = [(b, row[run, b]['to_top1'] - row[run, b]['fixed_top1'],
+             math.hypot(row[run, b]['to_se'], row[run, b]['fixed_se']))
+            for b in budgets if (run, b) in row]
+    if gaps:
+      worst = min(gaps, key=lambda g: g[1])
+      out.append((f'{RUNS[run]}: TO not below the fixed grid by more than 2 SE at any '
+                  f'budget (worst: {worst[0]} tokens, {100 * worst[1]:+.1f} ± '
+                  f'{100 * worst[2]:.1f})', all(g >= -2 * se for _, g, se in gaps)))
+      out.append((f'{RUNS[run]}: TO at or above the fixed grid at every budget',
+                  all(g >= 0 for _, g, _ in gaps)))
+  return out
+
+
 def save_plot(results: list[dict], path: str) -> None:
   series = []
   for i, (run, name) in enumerate(RUNS.items()):
@@ -187,6 +221,8 @@ def main(argv):
 
   table = markdown_table(results)
   notes = '\n'.join(f'- {line}' for line in verdicts(results))
+  notes += '\n\nTable 5\'s lesson (SPEC E.3), checked:\n' + '\n'.join(
+      f"- [{'x' if ok else ' '}] {line}" for line, ok in checks(results))
   steps = config.train.steps
   text = (f'synthetic_motion/{_SIZE.value} validation top-1 (%) ± standard error '
           f'({results[0]["videos"]} videos), {steps} steps each (chance '
