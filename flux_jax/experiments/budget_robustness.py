@@ -45,8 +45,8 @@ from flux_jax.eval import token_optimization
 from flux_jax.experiments.common import train_once
 
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/budget', 'Dataset, runs and results.')
-_STEPS = flags.DEFINE_integer('steps', None, "Training steps of each run (default: the "
-                              "demo config's).")
+_STEPS = flags.DEFINE_integer('steps', 4000, "Training steps of each run (the demo's "
+                              "1800 leave the single-head runs near chance).")
 _SIZE = flags.DEFINE_string('size', 'panning', "synthetic_motion config: 'panning', 'tiny', "
                             "'demo', a variant such as 'n2004_396_s7_panning', ...")
 _FRAMES = flags.DEFINE_list('frames', ['4', '8', '12', '16'], 'Token Optimization frame '
