@@ -75,6 +75,8 @@ def test_checks_state_table_5s_lesson_as_pass_or_fail():
   bad = (_results('noflux', (0.50, 0.45, 0.41), (0.47, 0.45, 0.41))
          + _results('multi', (0.60, 0.58, 0.56), (0.60, 0.58, 0.56)))
   verdict = dict(br.checks(bad))
-  assert [ok for ok in verdict.values()] == [False, False, True, False, True, True]
+  assert [ok for ok in verdict.values()] == [False, False, True, True, False, True, True, True]
+  at_chance = _results('single', (1 / 6, 1 / 6, 1 / 6), (1 / 6, 1 / 6, 1 / 6))
+  assert [ok for _, ok in br.checks(at_chance)] == [False, True, True]
   assert ('w/o Flux: TO not below the fixed grid by more than 2 SE at any budget (worst: '
           '128 tokens, -3.0 ± 3.5)') in verdict

@@ -157,8 +157,9 @@ def checks(results: list[dict], *, min_drop: float = 0.10, min_kept: float = 2 /
            ) -> list[tuple[str, bool]]:
   """Table 5's lesson as pass/fail checks: without Flux the fixed grid loses at least
   `min_drop` from the full budget to the smallest; Flux-Multi keeps at least `min_kept`
-  of that loss (1 - its own drop / w/o Flux's, SPEC E.3: 72%); TO at an equal budget is
-  not below the fixed grid (by more than two standard errors, and at all)."""
+  of that loss (1 - its own drop / w/o Flux's, SPEC E.3: 72%); each run is trained (above
+  chance), and its TO at an equal budget is not below the fixed grid (by more than two
+  standard errors, and at all)."""
   budgets = list(dict.fromkeys(r['budget'] for r in results))
   row = {(r['run'], r['budget']): r for r in results}
   out = []
@@ -177,6 +178,10 @@ def checks(results: list[dict], *, min_drop: float = 0.10, min_kept: float = 2 /
              math.hypot(row[run, b]['to_se'], row[run, b]['fixed_se']))
             for b in budgets if (run, b) in row]
     if gaps:
+      full_row = row[run, budgets[0]]
+      out.append((f'{RUNS[run]}: trained (at {budgets[0]} tokens above chance by more than '
+                  f'2 SE: {100 * full_row["fixed_top1"]:.1f}%)',
+                  full_row['fixed_top1'] - 1 / NUM_CLASSES > 2 * full_row['fixed_se']))
       worst = min(gaps, key=lambda g: g[1])
       out.append((f'{RUNS[run]}: TO not below the fixed grid by more than 2 SE at any '
                   f'budget (worst: {worst[0]} tokens, {100 * worst[1]:+.1f} ± '
