@@ -71,7 +71,7 @@ def test_checks_state_table_5s_lesson_as_pass_or_fail():
   assert checks[0][0].startswith('w/o Flux loses >= 10 points from 128 to 32 tokens: 30.0 ± ')
   assert checks[1][0] == 'Flux-Multi keeps >= 67% of that loss: 80% (its drop 6.0 points)'
   # A 9-point w/o-Flux drop fails the first check; Multi losing 4 of it keeps only 56%;
-  # TO 3 points under the fixed grid (SE ~3.2 on 400 videos) is noise but still below.
+  # TO 3 points under the fixed grid (SE 3.5 on 400 videos) is noise but still below.
   bad = (_results('noflux', (0.50, 0.45, 0.41), (0.47, 0.45, 0.41))
          + _results('multi', (0.60, 0.58, 0.56), (0.60, 0.58, 0.56)))
   verdict = dict(br.checks(bad))

@@ -23,7 +23,8 @@ drawn from another seed (flux_jax.data.builders.synthetic_motion.parse).
 The lesson to look for (SPEC E.3): without Flux, accuracy falls as the budget shrinks;
 Flux-Multi keeps most of it; TO adds accuracy at an equal budget; `checks` states it as
 pass/fail lines (the w/o-Flux drop >= 10 points, Flux-Multi keeping >= 2/3 of it, TO not
-below the fixed grid), printed under the table. Each training stage is skipped when its WORKDIR/<run>/params exists, so a rerun only evaluates.
+below the fixed grid), printed under the table. Each training stage is skipped when its
+WORKDIR/<run>/params exists, so a rerun only evaluates.
 """
 
 from __future__ import annotations
@@ -123,6 +124,11 @@ def drop(full: dict, small: dict) -> tuple[float, float]:
           math.hypot(full['fixed_se'], small['fixed_se']))
 
 
+def to_gain(r: dict) -> tuple[float, float]:
+  """TO's top-1 minus the fixed grid's at one budget, and its standard error."""
+  return r['to_top1'] - r['fixed_top1'], math.hypot(r['to_se'], r['fixed_se'])
+
+
 def verdicts(results: list[dict]) -> list[str]:
   """What the table shows against SPEC E.3's lesson, each gap called noise when it is
   within two standard errors."""
@@ -147,9 +153,7 @@ def verdicts(results: list[dict]) -> list[str]:
                    f'{100 * base:.1f} points; SPEC E.3: 4.8 against 17.2)')
   for run in runs:
     for b in budgets:
-      r = row[run, b]
-      lines.append(f"{RUNS[run]} at {b} tokens, TO - fixed grid: "
-                   f"{gap(r['to_top1'] - r['fixed_top1'], math.hypot(r['to_se'], r['fixed_se']))}")
+      lines.append(f"{RUNS[run]} at {b} tokens, TO - fixed grid: {gap(*to_gain(row[run, b]))}")
   return lines
 
 
@@ -174,9 +178,7 @@ def checks(results: list[dict], *, min_drop: float = 0.10, min_kept: float = 2 /
                    f'{100 * kept:.0f}% (its drop {100 * multi:.1f} points)',
                    base > 0 and kept >= min_kept))
   for run in RUNS:
-    gaps = [(b, row[run, b]['to_top1'] - row[run, b]['fixed_top1'],
-             math.hypot(row[run, b]['to_se'], row[run, b]['fixed_se']))
-            for b in budgets if (run, b) in row]
+    gaps = [(b, *to_gain(row[run, b])) for b in budgets if (run, b) in row]
     if gaps:
       full_row = row[run, budgets[0]]
       out.append((f'{RUNS[run]}: trained (at {budgets[0]} tokens above chance by more than '
