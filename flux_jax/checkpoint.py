@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from typing import Any, Iterator, Mapping
 
 from absl import logging
@@ -313,32 +314,51 @@ def _put_like(value, like: jax.Array) -> jax.Array:
   return jax.make_array_from_callback(host.shape, like.sharding, lambda index: host[index])
 
 
+# The modules of one head (FluxViT: head i, its projector, decoder i); a checkpoint with
+# other heads than the params (a one-head run starting a Flux-Multi one, or the reverse,
+# SPEC E.3's "Single | Multi" rows) shares everything else.
+_PER_HEAD = re.compile(r'^(head|clip_projector|final_clip_decoder_for_projs)_\d+/')
+
+
+def _modules(keys) -> str:
+  return ', '.join(sorted({k.split('/')[0] for k in keys})) or 'none'
+
+
+def _num_heads(flat: Mapping[str, Any]) -> int:
+  return len({k.split('/')[0] for k in flat if k.startswith('head_')})
+
+
 def init_from(directory: str | os.PathLike, params: dict) -> dict:
   """`params` (freshly initialised, any sharding) with the values of a params checkpoint.
 
   The `--init` of a run: fine-tuning starts from a converted official checkpoint
-  (`save_params` / `python -m flux_jax.convert`). Arrays keep the shardings of `params`.
-  Classifier leaves (those with a 'classes' axis) whose class count differs from the
-  checkpoint's stay at their init and are named in a log line; every other leaf must
-  match in name, shape and dtype.
+  (`save_params` / `python -m flux_jax.convert`) or from another run's params. Arrays keep
+  the shardings of `params`. Leaves that stay at their init, named in a log line:
+  classifier leaves (those with a 'classes' axis) whose class count differs from the
+  checkpoint's, and the modules of heads the checkpoint lacks (a Flux-Multi run started
+  from a one-head run); the checkpoint's heads the params lack are dropped, also logged.
+  Every other leaf must match in name, shape and dtype.
 
   Raises:
     ValueError: the directory is not a params checkpoint, or its params do not fit
-      `params` beyond the class count.
+      `params` beyond the class count and the heads.
   """
   source, loaded = load_params(directory)
   specs, fresh, got = _flat(param_specs(source)), _flat(params), _flat(loaded)
+  new_heads = sorted(k for k in fresh if k not in got and _PER_HEAD.match(k))
+  dropped = sorted(k for k in got if k not in fresh and _PER_HEAD.match(k))
+  got = {k: v for k, v in got.items() if k not in dropped}
 
   def other_classes(k):
     """Whether leaf k differs from the checkpoint's in its class dimension alone."""
-    if k not in fresh or CLASSES not in specs[k]:
+    if k not in fresh or k not in got or CLASSES not in specs[k]:
       return False
     want, have = tuple(fresh[k].shape), tuple(got[k].shape)
     return want != have and len(want) == len(have) and all(
         w == h for w, h, name in zip(want, have, specs[k]) if name != CLASSES)
 
   at_init = sorted(k for k in got if other_classes(k))
-  _check_tree({k: v for k, v in fresh.items() if k not in at_init},
+  _check_tree({k: v for k, v in fresh.items() if k not in at_init and k not in new_heads},
               {k: v for k, v in got.items() if k not in at_init},
               f'init_from({directory}): the checkpoint does not fit the params (want: the '
               'shape of the params)')
@@ -346,5 +366,11 @@ def init_from(directory: str | os.PathLike, params: dict) -> dict:
     logging.info('init_from(%s): the checkpoint has %d classes; kept at init: %s',
                  directory, source.num_classes,
                  ', '.join(f'{k} {tuple(fresh[k].shape)}' for k in at_init))
+  if new_heads or dropped:
+    logging.info('init_from(%s): the checkpoint has heads for budgets %s, the params for '
+                 '%d heads; kept at init: %s; dropped: %s', directory,
+                 tuple(source.head_budgets), _num_heads(fresh),
+                 _modules(new_heads), _modules(dropped))
+  at_init = set(at_init) | set(new_heads)
   out = {k: v if k in at_init else _put_like(got[k], v) for k, v in fresh.items()}
   return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in out.items()})

@@ -181,3 +181,39 @@ def test_init_from_keeps_heads_of_another_class_count(mesh, tmp_path, caplog):
   with pytest.raises(ValueError, match=re.escape('pos_embed (4, 4, 4, 64) float32 (want '
                                                  '(2, 4, 4, 64) float32)')):
     init_from(tmp_path / 'official', abstract_params(other))  # fails before values
+
+
+def test_init_from_starts_a_multi_head_run_from_a_one_head_run_and_back(tmp_path, caplog):
+  """SPEC E.3's "Single | Multi" rows: the heads the checkpoint lacks stay at init, those
+  the params lack are dropped, everything else comes from the checkpoint."""
+  rng = np.random.default_rng(1)
+  draw = lambda m: _flat(jax.tree.map(
+      lambda s: rng.standard_normal(s.shape).astype(np.float32), abstract_params(m)))
+  tree = lambda flat: flax.traverse_util.unflatten_dict(flat, sep='/')
+  one = make_model(dict(variant='tiny', num_classes=5, head_budgets=(48,)))
+  three = make_model(dict(variant='tiny', num_classes=5, head_budgets=(48, 32, 16)))
+  saved, fresh = draw(one), draw(three)  # the checkpoint; the init it starts from
+  save_params(tmp_path / 'one', tree(saved), model_config(one))
+  with caplog.at_level(logging.INFO):
+    got = _flat(init_from(tmp_path / 'one', jax.device_put(tree(fresh))))
+  assert ('the params for 3 heads; kept at init: clip_projector_1, clip_projector_2, '
+          'head_1, head_2; dropped: none') in caplog.text
+  assert got.keys() == fresh.keys()
+  new = [k for k in got if re.match(r'(head|clip_projector)_[12]/', k)]
+  assert new and not any(k in saved for k in new)
+  for k, x in got.items():
+    np.testing.assert_array_equal(np.asarray(x), fresh[k] if k in new else saved[k],
+                                  err_msg=k)
+
+  save_params(tmp_path / 'three', tree(fresh), model_config(three))
+  small = draw(one)
+  with caplog.at_level(logging.INFO):
+    back = _flat(init_from(tmp_path / 'three', jax.device_put(tree(small))))
+  assert 'kept at init: none; dropped: clip_projector_1, clip_projector_2, head_1' in caplog.text
+  assert back.keys() == small.keys()  # heads 1 and 2 dropped
+  for k, x in back.items():
+    np.testing.assert_array_equal(np.asarray(x), fresh[k], err_msg=k)
+  # Any other difference still fails: a block the checkpoint lacks.
+  deeper = make_model(dict(variant='tiny', num_classes=5, head_budgets=(48,), depth=3))
+  with pytest.raises(ValueError, match='does not fit the params'):
+    init_from(tmp_path / 'one', abstract_params(deeper))
