@@ -42,6 +42,9 @@ def test_recall_falls_with_the_budget_and_with_a_panning_texture():
   moving = sr.recall(panning, budgets, clips=6)
   assert moving[32][0] < easy[32][0] and moving[128][0] < easy[128][0]
   assert 0 < easy['disc_share'] < 0.25
+  # Another grid: 4 x 56^2 has 64 tokens, all kept at K = 64, part of the disc at 16.
+  small = sr.recall(synthetic.DIFFICULTIES['panning'], (64, 16), clips=6, grid=(4, 56))
+  assert small[64] == (1.0, 1.0) and small[16][0] < 1.0
 
 
 def test_a_difficulty_object_draws_what_its_name_draws():

@@ -1,15 +1,15 @@
 r"""How much of the label's evidence the token selector keeps, before any training.
 
   python -m flux_jax.experiments.selector_recall [--difficulty easy] [--texture 0.3,1,3] \
-      [--max_pan 0.4,4] [--squares_move] [--clips 48] [--budgets 256,128,64]
+      [--max_pan 0.4,4] [--squares_move] [--clips 48] [--budgets 256,128,64] [--grid 8,112]
 
 A task on which budgets matter must not let the selector keep the class evidence for
 free. In synthetic_motion the evidence is the disc: for each scene variant (a difficulty
 with its background texture amplitude, pan speed and distractor motion replaced) this
-prints the share of the fixed evaluation grid's tokens (8 x 112^2, 512 tokens; frames
-spread over the clip, each resized to 112^2) that the disc covers, and per budget K:
+prints the share of a grid's tokens (`--grid`, 8 x 112^2 = 512 tokens by default; frames
+spread over the clip, each resized to a square) that the disc covers, and per budget K:
   * recall: the share of those tokens the group-dynamic selector keeps (uniform random
-    selection keeps K / 512 of them);
+    selection keeps K / (the grid's tokens) of them);
   * frames: the share of frames in which it keeps at least one of them.
 The selector scores the raw pixel patches here; the model scores their patch embedding,
 a learned linear map of the same pixels. A disc token is one where the disc, drawn alone,
@@ -43,35 +43,40 @@ _SQUARES_MOVE = flags.DEFINE_bool('squares_move', None, 'Distractors wander (def
 _CLIPS = flags.DEFINE_integer('clips', 48, 'Scenes per variant (labels balanced).')
 _BUDGETS = flags.DEFINE_list('budgets', ['256', '128', '64'], 'Token budgets K.')
 
-FRAMES, RESOLUTION, PATCH = 8, 112, 14
+FRAMES, RESOLUTION, PATCH = 8, 112, 14  # the default grid
+_GRID = flags.DEFINE_list('grid', [str(FRAMES), str(RESOLUTION)], 'frames,resolution of '
+                          'the grid the selector reduces.')
 COVERED = 0.05  # a patch is a disc token when the disc covers more than this share
 
 
-def disc_tokens(scene: synthetic.Scene, frame_index: np.ndarray) -> np.ndarray:
-  """bool `[T * g * g]`, g = RESOLUTION / PATCH: the tokens the disc covers, raster order."""
+def disc_tokens(scene: synthetic.Scene, frame_index: np.ndarray,
+                resolution: int = RESOLUTION) -> np.ndarray:
+  """bool `[T * g * g]`, g = resolution / PATCH: the tokens the disc covers, raster order."""
   h, w = scene.size
   alpha = np.zeros((len(frame_index), h, w, 3), np.float32)
   for j, i in enumerate(frame_index):  # the disc alone, drawn as render() draws it
     # pylint: disable-next=protected-access
     synthetic._draw(alpha[j], scene.disc_center[i], scene.disc_radius[i],
                     np.full(3, 255.0, np.float32), disc=True)
-  alpha = resize_bilinear(alpha, RESOLUTION, RESOLUTION)[..., 0] / 255.0  # [T, R, R]
-  g = RESOLUTION // PATCH
+  alpha = resize_bilinear(alpha, resolution, resolution)[..., 0] / 255.0  # [T, R, R]
+  g = resolution // PATCH
   share = alpha.reshape(len(frame_index), g, PATCH, g, PATCH).mean(axis=(2, 4))
   return (share > COVERED).reshape(-1)
 
 
 def recall(level: synthetic.Difficulty, budgets: Sequence[int], clips: int,
-           seed: int = 1000) -> dict:
-  """{'disc_share': float, K: (recall, frames with a disc token)} over `clips` scenes."""
+           seed: int = 1000, grid: tuple[int, int] = (FRAMES, RESOLUTION)) -> dict:
+  """{'disc_share': float, K: (recall, frames with a disc token)} over `clips` scenes
+  on a (frames, resolution) grid."""
+  num_frames, resolution = grid
   per_clip = {k: [] for k in budgets}
   shares = []
   for c in range(clips):
     scene = synthetic.make_scene(seed + c, c % synthetic.NUM_CLASSES, level)
-    index = np.linspace(0, scene.num_frames - 1, FRAMES).round().astype(int)
-    frames = resize_bilinear(synthetic.render(scene)[index], RESOLUTION, RESOLUTION)
+    index = np.linspace(0, scene.num_frames - 1, num_frames).round().astype(int)
+    frames = resize_bilinear(synthetic.render(scene)[index], resolution, resolution)
     tokens = patchify(frames)
-    disc = disc_tokens(scene, index)
+    disc = disc_tokens(scene, index, resolution)
     shares.append(disc.mean())
     x = jnp.asarray(tokens.patches, jnp.float32) / 255.0
     for k in budgets:
@@ -80,7 +85,7 @@ def recall(level: synthetic.Difficulty, budgets: Sequence[int], clips: int,
       kept[np.asarray(picked[0])[np.asarray(keep[0])]] = True
       hit = kept & disc
       per_clip[k].append((hit.sum() / max(disc.sum(), 1),
-                          hit.reshape(FRAMES, -1).any(axis=1).mean()))
+                          hit.reshape(num_frames, -1).any(axis=1).mean()))
   out = {'disc_share': float(np.mean(shares))}
   out.update({k: tuple(float(v) for v in np.mean(per_clip[k], axis=0)) for k in budgets})
   return out
@@ -93,15 +98,19 @@ def main(argv):
   textures = [float(v) for v in _TEXTURE.value] if _TEXTURE.value else [base.texture]
   pans = [float(v) for v in _MAX_PAN.value] if _MAX_PAN.value else [base.max_pan]
   moves = base.squares_move if _SQUARES_MOVE.value is None else _SQUARES_MOVE.value
-  n = FRAMES * (RESOLUTION // PATCH) ** 2
-  print(f'{_DIFFICULTY.value}, {_CLIPS.value} scenes per row, {FRAMES} x {RESOLUTION}^2 '
+  grid = tuple(int(v) for v in _GRID.value)
+  if len(grid) != 2 or grid[1] % PATCH:
+    raise app.UsageError(f'--grid={",".join(_GRID.value)}: want frames,resolution with '
+                         f'the resolution a multiple of {PATCH}')
+  n = grid[0] * (grid[1] // PATCH) ** 2
+  print(f'{_DIFFICULTY.value}, {_CLIPS.value} scenes per row, {grid[0]} x {grid[1]}^2 '
         f'({n} tokens); recall / frames with a disc token (random selection: K / {n}):')
   print('| texture | max pan | squares move | disc tokens | '
         + ' | '.join(f'K={k}' for k in budgets) + ' |')
   print('|---' * (4 + len(budgets)) + '|')
   for texture, pan in itertools.product(textures, pans):
     level = dataclasses.replace(base, texture=texture, max_pan=pan, squares_move=moves)
-    r = recall(level, budgets, _CLIPS.value)
+    r = recall(level, budgets, _CLIPS.value, grid=grid)
     cells = [f'{100 * r[k][0]:.0f}% / {100 * r[k][1]:.0f}%' for k in budgets]
     print(f"| {texture:g} | {pan:g} | {'yes' if moves else 'no'} | "
           f"{100 * r['disc_share']:.1f}% | " + ' | '.join(cells) + ' |', flush=True)
