@@ -9,20 +9,29 @@ from flux_jax.experiments import budget_robustness as br
 
 
 def test_every_run_trains_the_same_steps_and_without_flux_sees_only_the_fixed_grid_whole():
-  configs = {run: br.run_config(run, steps=None, size='tiny', data_dir='/d') for run in br.RUNS}
+  configs = {run: br.run_config(run, steps=None, size='tiny', data_dir='/d', init='/pre')
+             for run in br.RUNS}
   assert len({c.train.steps for c in configs.values()}) == 1
+  assert {c.init for c in configs.values()} == {'/pre'}  # one pre-training for all
+  # One recipe: the optimizer and the loss's smoothing are the same for every row.
+  assert len({c.optim.to_json() for c in configs.values()}) == 1
+  assert len({c.train.smoothing for c in configs.values()}) == 1
   assert all(c.eval.every_steps < 0 for c in configs.values())  # evaluated once, after
   noflux, single, multi = configs['noflux'], configs['single'], configs['multi']
   full = multi.model.head_budgets[0]
   assert multi.train.mode == 'multi' and multi.model.head_budgets == (full, full // 2, full // 4)
   assert single.train.budgets == noflux.train.budgets == (full,)
-  # w/o Flux: every step the fixed grid, the grid Table 5 tests on, with at least the
-  # full budget's raw tokens.
+  # w/o Flux: every step the fixed grid, the grid Table 5 tests on, whose raw tokens are
+  # the full budget (the paper's 8 x 224^2 = 2048): trained whole, never reduced.
   frames, resolution = br.FIXED
   assert list(range(*noflux.flux.frames)) == [frames]
   assert list(range(*noflux.flux.resolutions)) == [resolution]
-  assert frames * (resolution // 14) ** 2 >= full
+  assert frames * (resolution // 14) ** 2 == full == noflux.train.single_budget
   assert len(range(*single.flux.frames)) > 1 and single.flux == multi.flux
+  # The pre-training: no Flux on a grid the selector reduces to the full budget.
+  pre = br.run_config('noflux', steps=None, size='tiny', data_dir='/d', fixed=br.PRETRAIN_GRID)
+  assert pre.init == '' and list(range(*pre.flux.frames)) == [br.PRETRAIN_GRID[0]]
+  assert br.PRETRAIN_GRID[0] * (br.PRETRAIN_GRID[1] // 14) ** 2 > full
 
 
 def _results(run, fixed, to, videos=400):

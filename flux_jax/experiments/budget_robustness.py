@@ -1,15 +1,21 @@
 r"""Budget robustness on synthetic_motion: the small-scale analogue of Table 5 (SPEC E.3).
 
   python -m flux_jax.experiments.budget_robustness --workdir workdir/budget [--steps N] \
-      [--size panning] [--frames 4,8,12,16] [--resolutions 56,84,112]
+      [--pretrain_steps N] [--size panning] [--fixed 4,56] [--frames 4,8,12,16] \
+      [--resolutions 56,84,112]
 
-1. the same model (configs/synthetic_demo.py, the demo's) trained three ways for the same
-   steps, each in WORKDIR/<run>:
-   * noflux: no Flux, every step the fixed 8 x 56^2 grid (128 raw tokens) reduced by the
-     selector to the full budget (64), one head (Flux-Single's step on one grid);
+0. as in the paper, where every row of Table 5 fine-tunes a pre-trained model, one
+   pre-training (WORKDIR/pretrain, `--pretrain_steps`) without Flux: the fixed 8 x 56^2
+   grid reduced to the full budget by the selector, one head (from scratch, single-head
+   models on whole grids or on Flux-Single's flexible ones stayed at chance here);
+1. the same model (configs/synthetic_demo.py, the demo's) fine-tuned from it three ways
+   for the same steps, each in WORKDIR/<run> (the heads a run has and the pre-training
+   lacks start at their init):
+   * noflux: no Flux, every step the whole fixed grid (`--fixed`, 4 x 56^2: 64 raw tokens,
+     the full budget, as the paper's 8 x 224^2 is its 2048), one head;
    * single: Flux-Single, flexible grids, one head at the full budget;
    * multi: Flux-Multi, flexible grids, heads for the full, 1/2 and 1/4 budgets;
-2. each evaluated at the full, 1/2 and 1/4 budgets: on the fixed 8 x 56^2 grid with the
+2. each evaluated at the full, 1/2 and 1/4 budgets: on the fixed grid with the
    selector reducing it (Table 5's test, "w/o TO"), and with Token Optimization over
    frames x resolutions, the best grid picked on train[90%:] (held out of training) and
    reported on validation (WORKDIR/<run>/to holds its to.csv/json/png);
@@ -45,27 +51,42 @@ from flux_jax.eval.budgets import standard_error
 from flux_jax.eval import token_optimization
 from flux_jax.experiments.common import train_once
 
+# (frames, resolution): w/o Flux's training grid and Table 5's test grid. As in the paper
+# (8 x 224^2 = 2048 tokens, the full budget), its raw tokens are the full budget: w/o Flux
+# trains on whole grids, never reduced by the selector, and the test reduces them.
+FIXED = (4, 56)
+# The common pre-training's grid: fixed, no Flux, the selector keeping the full budget of
+# its 128 raw tokens. From scratch, models with one head sat at chance for thousands of
+# steps on whole grids (4 x 56^2: 2400 steps; with lr 5e-4 or a 4-epoch warmup: 800) and
+# on Flux-Single's flexible ones (4000 steps); on this grid one left chance.
+PRETRAIN_GRID = (8, 56)
+
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/budget', 'Dataset, runs and results.')
-_STEPS = flags.DEFINE_integer('steps', 4000, "Training steps of each run (the demo's "
-                              "1800 leave the single-head runs near chance).")
+_STEPS = flags.DEFINE_integer('steps', 1500, 'Fine-tuning steps of each run.')
+_PRETRAIN_STEPS = flags.DEFINE_integer('pretrain_steps', 3000, 'Steps of the pre-training '
+                                       'every run starts from (0: each run from scratch).')
 _SIZE = flags.DEFINE_string('size', 'panning', "synthetic_motion config: 'panning', 'tiny', "
                             "'demo', a variant such as 'n2004_396_s7_panning', ...")
 _FRAMES = flags.DEFINE_list('frames', ['4', '8', '12', '16'], 'Token Optimization frame '
-                            'counts (8 is always added: the fixed grid).')
+                            'counts (the fixed grid\'s is always added).')
 _RESOLUTIONS = flags.DEFINE_list('resolutions', ['56', '84', '112'], 'Token Optimization '
-                                 'resolutions (56 is always added: the fixed grid).')
+                                 'resolutions (the fixed grid\'s is always added).')
+_FIXED = flags.DEFINE_list('fixed', [str(v) for v in FIXED], 'frames,resolution of the fixed '
+                           "grid: w/o Flux's training grid and Table 5's test grid.")
 
-FIXED = (8, 56)  # (frames, resolution): training without Flux, and Table 5's test grid
 RUNS = {'noflux': 'w/o Flux', 'single': 'Flux-Single', 'multi': 'Flux-Multi'}
 FIELDS = ('run', 'budget', 'fixed_top1', 'fixed_se', 'fixed_gflops', 'to_top1', 'to_se',
           'to_frames', 'to_resolution', 'to_raw_tokens', 'to_gflops', 'videos')
 
 
-def run_config(run: str, *, steps: int | None, size: str, data_dir: str):
-  """configs/synthetic_demo.py trained as `run` (a key of RUNS); steps None: the config's."""
+def run_config(run: str, *, steps: int | None, size: str, data_dir: str,
+               fixed: tuple[int, int] = FIXED, init: str = ''):
+  """configs/synthetic_demo.py trained as `run` (a key of RUNS) on `fixed` if w/o Flux,
+  from the params directory `init` ('': from scratch); steps None: the config's."""
   config = synthetic_demo.get_config(('' if steps is None else f'steps={steps},')
                                      + f'size={size}')
   config.data.data_dir = data_dir
+  config.init = init
   config.eval.every_steps = -1  # evaluated below, at every budget
   if run in ('noflux', 'single'):
     full = config.model.head_budgets[0]
@@ -73,23 +94,23 @@ def run_config(run: str, *, steps: int | None, size: str, data_dir: str):
     config.model.head_budgets = (full,)
     config.train.update(mode='single', budgets=(full,), single_budget=full, single_head=0)
   if run == 'noflux':  # Python range arguments holding one value each
-    config.flux.update(frames=(FIXED[0], FIXED[0] + 1, 1),
-                       resolutions=(FIXED[1], FIXED[1] + 1, 1))
+    config.flux.update(frames=(fixed[0], fixed[0] + 1, 1),
+                       resolutions=(fixed[1], fixed[1] + 1, 1))
   return config
 
 
-def summarize(run: str, rows: list[dict]) -> list[dict]:
+def summarize(run: str, rows: list[dict], fixed: tuple[int, int] = FIXED) -> list[dict]:
   """Per budget: the fixed grid's row (w/o TO) against the best row (TO)."""
   out = []
-  for s in token_optimization.summarize(rows, FIXED):
-    fixed, best = s['fixed'], s['best']
+  for s in token_optimization.summarize(rows, fixed):
+    ref, best = s['fixed'], s['best']
     out.append(dict(
-        run=run, budget=s['budget'], fixed_top1=fixed['top1'],
-        fixed_se=standard_error(fixed['top1'], fixed['videos']),
-        fixed_gflops=fixed['gflops'], to_top1=best['top1'],
+        run=run, budget=s['budget'], fixed_top1=ref['top1'],
+        fixed_se=standard_error(ref['top1'], ref['videos']),
+        fixed_gflops=ref['gflops'], to_top1=best['top1'],
         to_se=standard_error(best['top1'], best['videos']), to_frames=best['frames'],
         to_resolution=best['resolution'], to_raw_tokens=best['raw_tokens'],
-        to_gflops=best['gflops'], videos=fixed['videos']))
+        to_gflops=best['gflops'], videos=ref['videos']))
   return out
 
 
@@ -193,12 +214,12 @@ def checks(results: list[dict], *, min_drop: float = 0.10, min_kept: float = 2 /
   return out
 
 
-def save_plot(results: list[dict], path: str) -> None:
+def save_plot(results: list[dict], path: str, fixed: tuple[int, int] = FIXED) -> None:
   series = []
   for i, (run, name) in enumerate(RUNS.items()):
     rows = [r for r in results if r['run'] == run]
     tokens = [r['budget'] for r in rows]
-    series += [(f'{name}, {FIXED[0]} x {FIXED[1]}^2', tokens, [r['fixed_top1'] for r in rows],
+    series += [(f'{name}, {fixed[0]} x {fixed[1]}^2', tokens, [r['fixed_top1'] for r in rows],
                 f'C{i}o-'),
                (f'{name} + TO', tokens, [r['to_top1'] for r in rows], f'C{i}s--')]
   budget_eval.save_plot(series, path,
@@ -212,18 +233,29 @@ def main(argv):
   t0 = time.perf_counter()
   root = os.path.abspath(_WORKDIR.value)
   data_dir = os.path.join(root, 'tfds')
-  frames = sorted({int(f) for f in _FRAMES.value} | {FIXED[0]})
-  resolutions = sorted({int(r) for r in _RESOLUTIONS.value} | {FIXED[1]})
+  fixed = tuple(int(v) for v in _FIXED.value)
+  if len(fixed) != 2:
+    raise app.UsageError(f'--fixed={",".join(_FIXED.value)}: want frames,resolution')
+  frames = sorted({int(f) for f in _FRAMES.value} | {fixed[0]})
+  resolutions = sorted({int(r) for r in _RESOLUTIONS.value} | {fixed[1]})
   full = synthetic_demo.get_config().model.head_budgets[0]
+  init = ''
+  if _PRETRAIN_STEPS.value:
+    pre = run_config('noflux', steps=_PRETRAIN_STEPS.value, size=_SIZE.value,
+                     data_dir=data_dir, fixed=PRETRAIN_GRID)
+    init = train_once(pre, os.path.join(root, 'pretrain'))
+    print(f'pre-trained w/o Flux on {PRETRAIN_GRID[0]} x {PRETRAIN_GRID[1]}^2 for '
+          f'{_PRETRAIN_STEPS.value} steps ({time.perf_counter() - t0:.0f} s so far)')
   results = []
   for run, name in RUNS.items():
-    config = run_config(run, steps=_STEPS.value, size=_SIZE.value, data_dir=data_dir)
+    config = run_config(run, steps=_STEPS.value, size=_SIZE.value, data_dir=data_dir,
+                        fixed=fixed, init=init)
     params = train_once(config, os.path.join(root, run))
     rows, _ = token_optimization.evaluate_checkpoint(
         params, os.path.join(root, run, 'to'), frames=frames, resolutions=resolutions,
         budgets=(full, full // 2, full // 4), config=config,
         batch_size=config.eval.batch_size)
-    results += summarize(run, rows)
+    results += summarize(run, rows, fixed)
     print(f'{name}: trained and evaluated ({time.perf_counter() - t0:.0f} s so far)')
 
   table = markdown_table(results)
@@ -231,9 +263,12 @@ def main(argv):
   notes += '\n\nTable 5\'s lesson (SPEC E.3), checked:\n' + '\n'.join(
       f"- [{'x' if ok else ' '}] {line}" for line, ok in checks(results))
   steps = config.train.steps
+  start = (f'each fine-tuned for {steps} steps from one pre-training w/o Flux '
+           f'({_PRETRAIN_STEPS.value} steps, {PRETRAIN_GRID[0]} x {PRETRAIN_GRID[1]}^2 '
+           f'reduced to {full})' if init else f'{steps} steps each from scratch')
   text = (f'synthetic_motion/{_SIZE.value} validation top-1 (%) ± standard error '
-          f'({results[0]["videos"]} videos), {steps} steps each (chance '
-          f'{100 / NUM_CLASSES:.1f}%); "N tokens": the fixed {FIXED[0]} x {FIXED[1]}^2 '
+          f'({results[0]["videos"]} videos), {start} (chance '
+          f'{100 / NUM_CLASSES:.1f}%); "N tokens": the fixed {fixed[0]} x {fixed[1]}^2 '
           f'grid reduced to N by the selector; "+ TO": the best grid of frames {frames} x '
           f'resolutions {resolutions}, picked on '
           f'{config.eval.select_split or "validation itself"}:\n\n{table}\n\n{notes}')
@@ -244,7 +279,7 @@ def main(argv):
     writer = csv.DictWriter(f, fieldnames=FIELDS)
     writer.writeheader()
     writer.writerows(results)
-  save_plot(results, os.path.join(root, 'budget_robustness.png'))
+  save_plot(results, os.path.join(root, 'budget_robustness.png'), fixed)
   print(f'saved {root}/budget_robustness.md, .csv and .png; wall time '
         f'{time.perf_counter() - t0:.0f} s')
 
