@@ -314,9 +314,9 @@ def _put_like(value, like: jax.Array) -> jax.Array:
   return jax.make_array_from_callback(host.shape, like.sharding, lambda index: host[index])
 
 
-# The modules of one head (FluxViT: head i, its projector, decoder i); a checkpoint with
-# other heads than the params (a one-head run starting a Flux-Multi one, or the reverse,
-# SPEC E.3's "Single | Multi" rows) shares everything else.
+# The modules of one head (FluxViT: head_i, clip_projector_i, an alignment decoder); a
+# checkpoint with other heads than the params (a one-head run starting a Flux-Multi one,
+# or the reverse: SPEC E.3's "Single | Multi" rows) shares everything else.
 _PER_HEAD = re.compile(r'^(head|clip_projector|final_clip_decoder_for_projs)_\d+/')
 
 
@@ -351,7 +351,7 @@ def init_from(directory: str | os.PathLike, params: dict) -> dict:
 
   def other_classes(k):
     """Whether leaf k differs from the checkpoint's in its class dimension alone."""
-    if k not in fresh or k not in got or CLASSES not in specs[k]:
+    if k not in fresh or CLASSES not in specs[k]:
       return False
     want, have = tuple(fresh[k].shape), tuple(got[k].shape)
     return want != have and len(want) == len(have) and all(
