@@ -62,7 +62,7 @@ FIXED = (4, 56)
 PRETRAIN_GRID = (8, 56)
 
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/budget', 'Dataset, runs and results.')
-_STEPS = flags.DEFINE_integer('steps', 1500, 'Fine-tuning steps of each run.')
+_STEPS = flags.DEFINE_integer('steps', 3000, 'Fine-tuning steps of each run.')
 _PRETRAIN_STEPS = flags.DEFINE_integer('pretrain_steps', 3000, 'Steps of the pre-training '
                                        'every run starts from (0: each run from scratch).')
 _SIZE = flags.DEFINE_string('size', 'panning', "synthetic_motion config: 'panning', 'tiny', "
