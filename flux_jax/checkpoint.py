@@ -35,7 +35,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from flux_jax.model.fluxvit import FluxViT, abstract_params, make_model, param_specs
+from flux_jax.model.fluxvit import (PER_HEAD_MODULES, FluxViT, abstract_params, make_model,
+                                    param_specs)
 from flux_jax.model.layers import CLASSES
 
 PARAMS = 'params'
@@ -314,10 +315,9 @@ def _put_like(value, like: jax.Array) -> jax.Array:
   return jax.make_array_from_callback(host.shape, like.sharding, lambda index: host[index])
 
 
-# The modules of one head (FluxViT: head_i, clip_projector_i, an alignment decoder); a
-# checkpoint with other heads than the params (a one-head run starting a Flux-Multi one,
-# or the reverse: SPEC E.3's "Single | Multi" rows) shares everything else.
-_PER_HEAD = re.compile(r'^(head|clip_projector|final_clip_decoder_for_projs)_\d+/')
+# A checkpoint with other heads than the params (a one-head run starting a Flux-Multi
+# one, or the reverse: SPEC E.3's "Single | Multi" rows) shares everything else.
+_PER_HEAD = re.compile(rf"^({'|'.join(PER_HEAD_MODULES)})_\d+/")
 
 
 def _modules(keys) -> str:

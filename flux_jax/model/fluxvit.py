@@ -25,6 +25,9 @@ from flux_jax.tokens.token_batch import TokenBatch, patchify
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The modules FluxViT makes once per head (clip_projector_j, head_j) or per alignment
+# decoder (final_clip_decoder_for_projs_j); models of other head counts share the rest.
+PER_HEAD_MODULES = ('clip_projector', 'head', 'final_clip_decoder_for_projs')
 
 # SPEC A.1. `pos_grid` is the stored table (T0, H0, W0); it only matters for loading.
 VARIANTS: dict[str, dict[str, Any]] = {
