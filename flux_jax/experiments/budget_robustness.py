@@ -49,7 +49,7 @@ from flux_jax.data.synthetic import NUM_CLASSES
 from flux_jax.eval import budgets as budget_eval
 from flux_jax.eval.budgets import standard_error
 from flux_jax.eval import token_optimization
-from flux_jax.experiments.common import train_once
+from flux_jax.experiments.common import parse_grid, train_once
 
 # (frames, resolution): w/o Flux's training grid and Table 5's test grid. As in the paper
 # (8 x 224^2 = 2048 tokens, the full budget), its raw tokens are the full budget: w/o Flux
@@ -233,9 +233,7 @@ def main(argv):
   t0 = time.perf_counter()
   root = os.path.abspath(_WORKDIR.value)
   data_dir = os.path.join(root, 'tfds')
-  fixed = tuple(int(v) for v in _FIXED.value)
-  if len(fixed) != 2:
-    raise app.UsageError(f'--fixed={",".join(_FIXED.value)}: want frames,resolution')
+  fixed = parse_grid(_FIXED.value, 'fixed')
   frames = sorted({int(f) for f in _FRAMES.value} | {fixed[0]})
   resolutions = sorted({int(r) for r in _RESOLUTIONS.value} | {fixed[1]})
   full = synthetic_demo.get_config().model.head_budgets[0]

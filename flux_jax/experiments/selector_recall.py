@@ -29,6 +29,7 @@ import numpy as np
 
 from flux_jax.data import synthetic
 from flux_jax.data.transforms import resize_bilinear
+from flux_jax.experiments.common import PATCH, parse_grid
 from flux_jax.tokens.select import select_tokens
 from flux_jax.tokens.token_batch import patchify
 
@@ -43,7 +44,7 @@ _SQUARES_MOVE = flags.DEFINE_bool('squares_move', None, 'Distractors wander (def
 _CLIPS = flags.DEFINE_integer('clips', 48, 'Scenes per variant (labels balanced).')
 _BUDGETS = flags.DEFINE_list('budgets', ['256', '128', '64'], 'Token budgets K.')
 
-FRAMES, RESOLUTION, PATCH = 8, 112, 14  # the default grid
+FRAMES, RESOLUTION = 8, 112  # the default grid
 _GRID = flags.DEFINE_list('grid', [str(FRAMES), str(RESOLUTION)], 'frames,resolution of '
                           'the grid the selector reduces.')
 COVERED = 0.05  # a patch is a disc token when the disc covers more than this share
@@ -98,10 +99,7 @@ def main(argv):
   textures = [float(v) for v in _TEXTURE.value] if _TEXTURE.value else [base.texture]
   pans = [float(v) for v in _MAX_PAN.value] if _MAX_PAN.value else [base.max_pan]
   moves = base.squares_move if _SQUARES_MOVE.value is None else _SQUARES_MOVE.value
-  grid = tuple(int(v) for v in _GRID.value)
-  if len(grid) != 2 or grid[1] % PATCH:
-    raise app.UsageError(f'--grid={",".join(_GRID.value)}: want frames,resolution with '
-                         f'the resolution a multiple of {PATCH}')
+  grid = parse_grid(_GRID.value, 'grid')
   n = grid[0] * (grid[1] // PATCH) ** 2
   print(f'{_DIFFICULTY.value}, {_CLIPS.value} scenes per row, {grid[0]} x {grid[1]}^2 '
         f'({n} tokens); recall / frames with a disc token (random selection: K / {n}):')
