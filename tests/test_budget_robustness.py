@@ -34,6 +34,24 @@ def test_every_run_trains_the_same_steps_and_without_flux_sees_only_the_fixed_gr
   assert br.PRETRAIN_GRID[0] * (br.PRETRAIN_GRID[1] // 14) ** 2 > full
 
 
+def test_the_flux_rows_can_draw_the_papers_token_range_and_w_o_flux_keeps_its_grid():
+  configs = {run: br.run_config(run, steps=None, size='tiny', data_dir='/d',
+                                flux_tokens=(32, 128), flux_frames=(2, 16))
+             for run in br.RUNS}
+  for run in ('single', 'multi'):
+    flux = configs[run].flux
+    assert (flux.min_tokens, flux.max_tokens) == (32, 128)
+    assert configs[run].n_max == 128  # padded to the largest grid it can draw
+    assert list(range(*flux.frames)) == list(range(2, 17, 2))
+  default = br.run_config('noflux', steps=None, size='tiny', data_dir='/d')
+  assert configs['noflux'].flux == default.flux and configs['noflux'].n_max == default.n_max
+  assert br._parse_range(['32', '128'], 'flux_tokens') == (32, 128)
+  assert br._parse_range([], 'flux_tokens') is None
+  for bad in (['128', '32'], ['0', '8'], ['32']):
+    with pytest.raises(br.app.UsageError, match='flux_tokens'):
+      br._parse_range(bad, 'flux_tokens')
+
+
 def _results(run, fixed, to, videos=400):
   return [dict(run=run, budget=b, fixed_top1=f, fixed_se=standard_error(f, videos),
                to_top1=t, to_se=standard_error(t, videos), to_frames=4, to_resolution=56,

@@ -71,6 +71,11 @@ _FRAMES = flags.DEFINE_list('frames', ['4', '8', '12', '16'], 'Token Optimizatio
                             'counts (the fixed grid\'s is always added).')
 _RESOLUTIONS = flags.DEFINE_list('resolutions', ['56', '84', '112'], 'Token Optimization '
                                  'resolutions (the fixed grid\'s is always added).')
+_FLUX_TOKENS = flags.DEFINE_list('flux_tokens', [], 'min,max raw tokens of the Flux rows\' '
+                                 "grids (default: the demo config's, 64,256); the paper's "
+                                 '2048,6144 around its 3072/2048/1024 budgets scale to 32,128.')
+_FLUX_FRAMES = flags.DEFINE_list('flux_frames', [], 'min,max frames of the Flux rows\' grids '
+                                 "(even counts; default: the demo config's, 4,16).")
 _FIXED = flags.DEFINE_list('fixed', [str(v) for v in FIXED], 'frames,resolution of the fixed '
                            "grid: w/o Flux's training grid and Table 5's test grid.")
 
@@ -80,9 +85,13 @@ FIELDS = ('run', 'budget', 'fixed_top1', 'fixed_se', 'fixed_gflops', 'to_top1', 
 
 
 def run_config(run: str, *, steps: int | None, size: str, data_dir: str,
-               fixed: tuple[int, int] = FIXED, init: str = ''):
+               fixed: tuple[int, int] = FIXED, init: str = '',
+               flux_tokens: tuple[int, int] | None = None,
+               flux_frames: tuple[int, int] | None = None):
   """configs/synthetic_demo.py trained as `run` (a key of RUNS) on `fixed` if w/o Flux,
-  from the params directory `init` ('': from scratch); steps None: the config's."""
+  from the params directory `init` ('': from scratch); steps None: the config's. The
+  Flux rows draw grids of `flux_tokens` (min, max) raw tokens, padded to the max, and
+  `flux_frames` (min, max) frames; None: the config's."""
   config = synthetic_demo.get_config(('' if steps is None else f'steps={steps},')
                                      + f'size={size}')
   config.data.data_dir = data_dir
@@ -93,6 +102,11 @@ def run_config(run: str, *, steps: int | None, size: str, data_dir: str,
     # One head, so every test budget is served by the head that was trained.
     config.model.head_budgets = (full,)
     config.train.update(mode='single', budgets=(full,), single_budget=full, single_head=0)
+  if run != 'noflux' and flux_tokens:
+    config.flux.update(min_tokens=flux_tokens[0], max_tokens=flux_tokens[1])
+    config.n_max = flux_tokens[1]
+  if run != 'noflux' and flux_frames:
+    config.flux.frames = (flux_frames[0], flux_frames[1] + 1, config.flux.frames[2])
   if run == 'noflux':  # Python range arguments holding one value each
     config.flux.update(frames=(fixed[0], fixed[0] + 1, 1),
                        resolutions=(fixed[1], fixed[1] + 1, 1))
@@ -227,6 +241,15 @@ def save_plot(results: list[dict], path: str, fixed: tuple[int, int] = FIXED) ->
                         chance=1 / NUM_CLASSES)
 
 
+def _parse_range(values: list[str], flag: str) -> tuple[int, int] | None:
+  if not values:
+    return None
+  lo_hi = tuple(int(v) for v in values)
+  if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
+    raise app.UsageError(f'--{flag}={",".join(values)}: want min,max with 0 < min <= max')
+  return lo_hi
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -234,6 +257,8 @@ def main(argv):
   root = os.path.abspath(_WORKDIR.value)
   data_dir = os.path.join(root, 'tfds')
   fixed = parse_grid(_FIXED.value, 'fixed')
+  flux_tokens = _parse_range(_FLUX_TOKENS.value, 'flux_tokens')
+  flux_frames = _parse_range(_FLUX_FRAMES.value, 'flux_frames')
   frames = sorted({int(f) for f in _FRAMES.value} | {fixed[0]})
   resolutions = sorted({int(r) for r in _RESOLUTIONS.value} | {fixed[1]})
   full = synthetic_demo.get_config().model.head_budgets[0]
@@ -247,7 +272,8 @@ def main(argv):
   results = []
   for run, name in RUNS.items():
     config = run_config(run, steps=_STEPS.value, size=_SIZE.value, data_dir=data_dir,
-                        fixed=fixed, init=init)
+                        fixed=fixed, init=init, flux_tokens=flux_tokens,
+                        flux_frames=flux_frames)
     params = train_once(config, os.path.join(root, run))
     rows, _ = token_optimization.evaluate_checkpoint(
         params, os.path.join(root, run, 'to'), frames=frames, resolutions=resolutions,
