@@ -28,6 +28,8 @@ def test_every_run_trains_the_same_steps_and_without_flux_sees_only_the_fixed_gr
   assert list(range(*noflux.flux.resolutions)) == [resolution]
   assert frames * (resolution // 14) ** 2 == full == noflux.train.single_budget
   assert len(range(*single.flux.frames)) > 1 and single.flux == multi.flux
+  # Flux draws the paper's range scaled: from the middle budget to twice the full one.
+  assert (multi.flux.min_tokens, multi.flux.max_tokens) == (full // 2, 2 * full)
   # The pre-training: no Flux on a grid the selector reduces to the full budget.
   pre = br.run_config('noflux', steps=None, size='tiny', data_dir='/d', fixed=br.PRETRAIN_GRID)
   assert pre.init == '' and list(range(*pre.flux.frames)) == [br.PRETRAIN_GRID[0]]
@@ -43,8 +45,10 @@ def test_the_flux_rows_can_draw_the_papers_token_range_and_w_o_flux_keeps_its_gr
     assert (flux.min_tokens, flux.max_tokens) == (32, 128)
     assert configs[run].n_max == 128  # padded to the largest grid it can draw
     assert list(range(*flux.frames)) == list(range(2, 17, 2))
-  default = br.run_config('noflux', steps=None, size='tiny', data_dir='/d')
-  assert configs['noflux'].flux == default.flux and configs['noflux'].n_max == default.n_max
+  demo = br.run_config('multi', steps=None, size='tiny', data_dir='/d', flux_tokens=None,
+                       flux_frames=None)
+  assert (demo.flux.min_tokens, demo.flux.max_tokens, demo.n_max) == (64, 256, 256)
+  assert configs['noflux'].n_max == demo.n_max  # w/o Flux: its grid, as before
   assert br._parse_range(['32', '128'], 'flux_tokens') == (32, 128)
   assert br._parse_range([], 'flux_tokens') is None
   for bad in (['128', '32'], ['0', '8'], ['32']):
