@@ -3,9 +3,11 @@
 import math
 
 import pytest
+from absl import app
 
 from flux_jax.eval.budgets import standard_error
 from flux_jax.experiments import budget_robustness as br
+from flux_jax.experiments.common import parse_range
 
 
 def test_every_run_trains_the_same_steps_and_without_flux_sees_only_the_fixed_grid_whole():
@@ -49,11 +51,11 @@ def test_the_flux_rows_can_draw_the_papers_token_range_and_w_o_flux_keeps_its_gr
                        flux_frames=None)
   assert (demo.flux.min_tokens, demo.flux.max_tokens, demo.n_max) == (64, 256, 256)
   assert configs['noflux'].n_max == demo.n_max  # w/o Flux: its grid, as before
-  assert br._parse_range(['32', '128'], 'flux_tokens') == (32, 128)
-  assert br._parse_range([], 'flux_tokens') is None
+  assert parse_range(['32', '128'], 'flux_tokens') == (32, 128)
+  assert parse_range([], 'flux_tokens') is None
   for bad in (['128', '32'], ['0', '8'], ['32']):
-    with pytest.raises(br.app.UsageError, match='flux_tokens'):
-      br._parse_range(bad, 'flux_tokens')
+    with pytest.raises(app.UsageError, match='flux_tokens'):
+      parse_range(bad, 'flux_tokens')
 
 
 def _results(run, fixed, to, videos=400):

@@ -50,7 +50,7 @@ from flux_jax.data.synthetic import NUM_CLASSES
 from flux_jax.eval import budgets as budget_eval
 from flux_jax.eval.budgets import standard_error
 from flux_jax.eval import token_optimization
-from flux_jax.experiments.common import parse_grid, train_once
+from flux_jax.experiments.common import parse_grid, parse_range, train_once
 
 # (frames, resolution): w/o Flux's training grid and Table 5's test grid. As in the paper
 # (8 x 224^2 = 2048 tokens, the full budget), its raw tokens are the full budget: w/o Flux
@@ -109,14 +109,15 @@ def run_config(run: str, *, steps: int | None, size: str, data_dir: str,
     # One head, so every test budget is served by the head that was trained.
     config.model.head_budgets = (full,)
     config.train.update(mode='single', budgets=(full,), single_budget=full, single_head=0)
-  if run != 'noflux' and flux_tokens:
-    config.flux.update(min_tokens=flux_tokens[0], max_tokens=flux_tokens[1])
-    config.n_max = flux_tokens[1]
-  if run != 'noflux' and flux_frames:
-    config.flux.frames = (flux_frames[0], flux_frames[1] + 1, config.flux.frames[2])
   if run == 'noflux':  # Python range arguments holding one value each
     config.flux.update(frames=(fixed[0], fixed[0] + 1, 1),
                        resolutions=(fixed[1], fixed[1] + 1, 1))
+  else:
+    if flux_tokens:
+      config.flux.update(min_tokens=flux_tokens[0], max_tokens=flux_tokens[1])
+      config.n_max = flux_tokens[1]
+    if flux_frames:
+      config.flux.frames = (flux_frames[0], flux_frames[1] + 1, config.flux.frames[2])
   return config
 
 
@@ -248,15 +249,6 @@ def save_plot(results: list[dict], path: str, fixed: tuple[int, int] = FIXED) ->
                         chance=1 / NUM_CLASSES)
 
 
-def _parse_range(values: list[str], flag: str) -> tuple[int, int] | None:
-  if not values:
-    return None
-  lo_hi = tuple(int(v) for v in values)
-  if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
-    raise app.UsageError(f'--{flag}={",".join(values)}: want min,max with 0 < min <= max')
-  return lo_hi
-
-
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -264,8 +256,8 @@ def main(argv):
   root = os.path.abspath(_WORKDIR.value)
   data_dir = os.path.join(root, 'tfds')
   fixed = parse_grid(_FIXED.value, 'fixed')
-  flux_tokens = _parse_range(_FLUX_TOKENS.value, 'flux_tokens')
-  flux_frames = _parse_range(_FLUX_FRAMES.value, 'flux_frames')
+  flux_tokens = parse_range(_FLUX_TOKENS.value, 'flux_tokens')
+  flux_frames = parse_range(_FLUX_FRAMES.value, 'flux_frames')
   frames = sorted({int(f) for f in _FRAMES.value} | {fixed[0]})
   resolutions = sorted({int(r) for r in _RESOLUTIONS.value} | {fixed[1]})
   full = synthetic_demo.get_config().model.head_budgets[0]

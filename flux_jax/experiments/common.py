@@ -21,11 +21,23 @@ def train_once(config, workdir: str) -> str:
   return params
 
 
+def _int_pair(values: Sequence[str], flag: str, want: str, ok) -> tuple[int, int]:
+  """A `--flag=a,b` list flag as two ints, refused unless `ok(a, b)`."""
+  pair = tuple(int(v) for v in values)
+  if len(pair) != 2 or not ok(*pair):
+    raise app.UsageError(f'--{flag}={",".join(values)}: want {want}')
+  return pair
+
+
 def parse_grid(values: Sequence[str], flag: str) -> tuple[int, int]:
   """A `--flag=frames,resolution` list flag as ints, refused unless the resolution is a
   multiple of the patch size."""
-  grid = tuple(int(v) for v in values)
-  if len(grid) != 2 or grid[1] % PATCH:
-    raise app.UsageError(f'--{flag}={",".join(values)}: want frames,resolution with the '
-                         f'resolution a multiple of {PATCH}')
-  return grid
+  return _int_pair(values, flag, f'frames,resolution with the resolution a multiple of '
+                   f'{PATCH}', lambda frames, resolution: resolution % PATCH == 0)
+
+
+def parse_range(values: Sequence[str], flag: str) -> tuple[int, int] | None:
+  """A `--flag=min,max` list flag as ints (empty: None), refused unless 0 < min <= max."""
+  if not values:
+    return None
+  return _int_pair(values, flag, 'min,max with 0 < min <= max', lambda lo, hi: 0 < lo <= hi)
