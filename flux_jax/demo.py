@@ -13,7 +13,9 @@
    beside the plain grid (whole 56^2 frames up to the budget) and the fixed 8 x 56^2
    evaluation grid reduced by the selector. The best grid is picked on train[90%:] (10%
    of the training split held out of training) and reported on validation: an unbiased
-   TO figure. Prints the table, saves WORKDIR/to/to.{csv,json,png} (the plot titled by
+   TO figure. The fixed grid stays the pick unless another beats it on train[90%:] by
+   more than one standard error (the one-standard-error rule), so a win of the held-out
+   split's noise does not move the deployed grid. Prints the table, saves WORKDIR/to/to.{csv,json,png} (the plot titled by
    the run, the fixed grid drawn as the no-TO reference) and WORKDIR/summary.md.
    Chance is 1/6. Nothing is evaluated twice: the training run skips its own
    evaluation, TO's covers it.

@@ -3,10 +3,12 @@ r"""Entry point: multi-view evaluation and Token Optimization of a params checkp
   python -m flux_jax.evaluate --checkpoint WORKDIR/params --out /tmp/to \
       --budgets 256,128,64 --frames 4,8,12,16 --resolutions 56,84,112,140 \
       [--config configs/x.py] [--num_clips 4 --num_crops 3] [--batch_size 24] \
-      [--select_split 'train[90%:]']
+      [--select_split 'train[90%:]'] [--select_margin_se 1]
 
 With --select_split (default: the run's `eval.select_split`) the best grid per budget is
-picked on that held-out split and reported on the evaluation split (unbiased TO).
+picked on that held-out split and reported on the evaluation split (unbiased TO), by the
+one-standard-error rule: the plain grid stays unless another beats it there by more than
+--select_margin_se standard errors.
 
 A finished training run's WORKDIR/params carries its config (the data) and evaluation
 setting; a converted official checkpoint needs `--config` with a `data` block. The work
@@ -45,6 +47,10 @@ _SELECT_SPLIT = flags.DEFINE_string(
     'select_split', None, "A split held out of training (e.g. 'train[90%:]') on which the "
     "best grid per budget is picked; default: the run's eval.select_split, else none "
     "(picked on the evaluation split); '' for none.")
+_SELECT_MARGIN_SE = flags.DEFINE_float(
+    'select_margin_se', 1.0, 'With a select split: another grid replaces the plain grid '
+    'only when it wins there by more than this many binomial standard errors (the '
+    'one-standard-error rule); 0: the plain argmax.', lower_bound=0.0)
 hosts.define_flags()
 flags.mark_flags_as_required(['checkpoint', 'out', 'frames', 'resolutions'])
 
@@ -72,7 +78,8 @@ def main(argv):
       _CHECKPOINT.value, _OUT.value, frames=frames, resolutions=resolutions,
       budgets=budgets, config=_CONFIG.value, plain_resolution=_PLAIN_RESOLUTION.value,
       num_clips=_NUM_CLIPS.value, num_crops=_NUM_CROPS.value,
-      batch_size=_BATCH_SIZE.value, select_split=_SELECT_SPLIT.value, progress=_log_row)
+      batch_size=_BATCH_SIZE.value, select_split=_SELECT_SPLIT.value,
+      select_margin_se=_SELECT_MARGIN_SE.value, progress=_log_row)
   print(f'Token Optimization of {_CHECKPOINT.value}:\n')
   print(token_optimization.markdown_table(rows))
   if paths:

@@ -73,6 +73,38 @@ def test_best_is_top1_among_fitting_grids_ties_to_fewer_gflops():
     to_lib.mark_best([_row(30, 16, 0.5, 1.0)])
 
 
+def test_one_standard_error_rule_keeps_the_reference_unless_beaten_by_more():
+  """With margin_se the reference grid stays best unless the top row beats it by more than
+  margin_se binomial SEs of the top row's top-1 (here sqrt(.8 * .2 / 100) = 4 points)."""
+  def rows(ref_top1, other_top1, ref_raw=64):
+    return [dict(budget=32, frames=2, resolution=56, raw_tokens=32, top1=0.5, videos=100,
+                 gflops=1.0),
+            dict(budget=32, frames=4, resolution=56, raw_tokens=ref_raw, top1=ref_top1,
+                 videos=100, gflops=2.0),
+            dict(budget=32, frames=8, resolution=56, raw_tokens=128, top1=other_top1,
+                 videos=100, gflops=4.0)]
+
+  def best(rs, **kw):
+    return [(r['frames'], r['resolution']) for r in to_lib.mark_best(rs, **kw) if r['best']]
+
+  ref = dict(reference=(4, 56), margin_se=1.0)
+  assert best(rows(0.77, 0.80)) == [(8, 56)]  # the plain argmax
+  assert best(rows(0.77, 0.80), **ref) == [(4, 56)]  # 3 points < 1 SE: noise
+  assert best(rows(0.75, 0.80), **ref) == [(8, 56)]  # 5 points > 1 SE
+  assert best(rows(0.75, 0.80), reference=(4, 56), margin_se=1.5) == [(4, 56)]  # < 6
+  assert best(rows(0.77, 0.80, ref_raw=16), **ref) == [(8, 56)]  # reference does not fit
+  assert best(rows(float('nan'), 0.80), **ref) == [(8, 56)]  # reference has no top-1
+  # No reference given: the budget's first row (search's plain grid) is the reference.
+  assert best(rows(0.52, 0.53), margin_se=1.0) == [(2, 56)]  # 0.5 against 0.53
+  assert best(rows(0.77, 0.80), margin_se=1.0) == [(8, 56)]
+  # The SE of another key is counted over its own videos: 10 videos, SE 12.6 points.
+  sel = rows(0.72, 0.80)
+  assert best(sel, **ref) == [(8, 56)]  # 8 points > 4 on 100 videos
+  for r in sel:
+    r.update(select_top1=r['top1'], select_videos=10)
+  assert best(sel, key='select_top1', videos_key='select_videos', **ref) == [(4, 56)]
+
+
 def test_summary_names_the_plain_fixed_and_best_grid_of_each_budget():
   def row(budget, t, r, raw, top1, best=False):
     return dict(budget=budget, frames=t, resolution=r, raw_tokens=raw,
@@ -217,10 +249,22 @@ def test_a_held_out_split_picks_the_best_grid_and_validation_reports_it(run, tmp
   assert all(r['select_top1'] is None for r in plain)
   for r in rows:
     assert r['select_top1'] * 6 == pytest.approx(round(r['select_top1'] * 6))  # 6 clips
+  assert all(r['select_videos'] == 6 for r in rows)
+  argmax, _ = to_lib.evaluate_checkpoint(held_out, str(tmp_path / 'argmax'),
+                                         select_split='train[18:]', select_margin_se=0,
+                                         **grid)
   for budget in (64, 16):
     fitting = [r for r in rows if r['budget'] == budget and r['raw_tokens'] >= budget]
+    ref = next(r for r in rows if r['budget'] == budget)  # the plain grid: the reference
+    top = max(r['select_top1'] for r in fitting)
     (best,) = [r for r in rows if r['budget'] == budget and r['best']]
-    assert best['select_top1'] == max(r['select_top1'] for r in fitting)
+    (best_argmax,) = [r for r in argmax if r['budget'] == budget and r['best']]
+    assert best_argmax['select_top1'] == top
+    margin = to_lib.standard_error(top, 6)
+    assert best is (ref if top - ref['select_top1'] <= margin else
+                    next(r for r in rows if r['budget'] == budget
+                         and r['frames'] == best_argmax['frames']
+                         and r['resolution'] == best_argmax['resolution']))
   with open(paths['json']) as f:
     assert [r['best'] for r in json.load(f)['rows']] == [r['best'] for r in rows]
   assert to_lib.markdown_table(rows).splitlines()[0].endswith('| selection top-1 | best |')
@@ -235,4 +279,7 @@ def test_a_held_out_split_picks_the_best_grid_and_validation_reports_it(run, tmp
     to_lib.evaluate_checkpoint(held_out, out, select_split='validation[:3]', **grid)
   with pytest.raises(ValueError, match="shares 6 examples with the training split 'train'"):
     to_lib.evaluate_checkpoint(run['ckpt'], out, select_split='train[18:]', **grid)
+  with pytest.raises(ValueError, match='select_margin_se must be >= 0, got -1'):
+    to_lib.evaluate_checkpoint(held_out, out, select_split='train[18:]',
+                               select_margin_se=-1, **grid)
   assert not os.path.exists(out)

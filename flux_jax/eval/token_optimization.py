@@ -9,17 +9,22 @@ that fit (raw >= budget), ties to fewer GFLOPs.
 Picked on the data it is reported on, the best grid is optimistic (the paper's TO tables
 are). With a selection split (`select_split`, e.g. 'train[90%:]' held out of training)
 every grid is evaluated on both: the best grid is the one best on the selection split,
-and its top-1 on the evaluation split is an unbiased estimate.
+and its top-1 on the evaluation split is an unbiased estimate. The pick follows the
+one-standard-error rule: a grid replaces the reference (the `fixed` grid when one is
+given, else the plain grid) only when it beats the reference's selection top-1 by more
+than `select_margin_se` binomial standard errors, so that TO does not trade the grid the
+model was run at for one that won by the selection split's noise.
 
 Outputs in OUT: `to.csv`; `to.json` = {"checkpoint": str, "rows": [row, ...]} (read by
 predict: the rows with best=True give the grid and head per budget); `to.png`, top-1
 against GFLOPs without and with TO. Each row is
 
   dict(budget, frames, resolution, raw_tokens, tokens, head, top1, top5, videos, gflops,
-       to, best, select_top1)
+       to, best, select_top1, select_videos)
 
 with `tokens` = kept tokens, `gflops` per view (flux_jax.eval.flops), `to` = selection
-ran (raw_tokens > budget), `select_top1` = top-1 on the selection split (None without one).
+ran (raw_tokens > budget), `select_top1` and `select_videos` = top-1 and videos on the
+selection split (None without one).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from flux_jax.model.fluxvit import FluxViT
 from flux_jax.tokens.plan import FluxPlan
 
 FIELDS = ('budget', 'frames', 'resolution', 'raw_tokens', 'tokens', 'head', 'top1', 'top5',
-          'videos', 'gflops', 'to', 'best', 'select_top1')
+          'videos', 'gflops', 'to', 'best', 'select_top1', 'select_videos')
 CSV, JSON, PLOT = 'to.csv', 'to.json', 'to.png'
 DEFAULT_BATCH = 16  # views per batch when none is given (rounded up to split evenly)
 
@@ -100,18 +105,34 @@ def _rank(row: Mapping[str, Any], key: str) -> tuple:
           row['gflops'], row['raw_tokens'])
 
 
-def mark_best(rows: list[dict], key: str = 'top1') -> list[dict]:
+def mark_best(rows: list[dict], key: str = 'top1', *,
+              reference: tuple[int, int] | None = None, margin_se: float = 0.0,
+              videos_key: str = 'videos') -> list[dict]:
   """Sets row['best'] on exactly one row per budget: the highest `key` (top-1, or
   'select_top1': top-1 on the selection split) among rows with raw_tokens >= budget,
-  ties to fewer GFLOPs (then fewer raw tokens)."""
+  ties to fewer GFLOPs (then fewer raw tokens).
+
+  With `margin_se` > 0, the one-standard-error rule: the budget's reference row (the
+  (frames, resolution) grid `reference`, else the budget's first row, which `search`
+  makes the plain grid) stays best unless the highest row beats it by more than
+  `margin_se` binomial standard errors of the highest row's `key` over its
+  row[videos_key] videos. A reference that does not fit, or has no `key`, has no say."""
   for budget in dict.fromkeys(r['budget'] for r in rows):
-    fits = [r for r in rows if r['budget'] == budget and r['raw_tokens'] >= budget]
+    of_budget = [r for r in rows if r['budget'] == budget]
+    fits = [r for r in of_budget if r['raw_tokens'] >= budget]
     if not fits:
       raise ValueError(f'no evaluated grid fits budget {budget}')
     best = min(fits, key=lambda r: _rank(r, key))
-    for r in rows:
-      if r['budget'] == budget:
-        r['best'] = r is best
+    if margin_se > 0:
+      if reference:
+        ref = next((r for r in fits if (r['frames'], r['resolution']) == reference), None)
+      else:
+        ref = of_budget[0] if of_budget[0]['raw_tokens'] >= budget else None
+      if ref is not None and not math.isnan(ref[key]) and (
+          best[key] - ref[key] <= margin_se * standard_error(best[key], best[videos_key])):
+        best = ref
+    for r in of_budget:
+      r['best'] = r is best
   return rows
 
 
@@ -158,7 +179,8 @@ def search(model: FluxViT, params, source, *, budgets: Sequence[int],
                                   resolution=r, batch_size=batch_size, sharding=sharding,
                                   num_clips=num_clips, num_crops=num_crops):
       row.update(gflops=gflops(model, row['tokens'], row['raw_tokens']),
-                 to=row['raw_tokens'] > row['budget'], best=False, select_top1=None)
+                 to=row['raw_tokens'] > row['budget'], best=False, select_top1=None,
+                 select_videos=None)
       done[row['budget'], (t, r)] = {k: row[k] for k in FIELDS}
       if progress is not None:
         progress(done[row['budget'], (t, r)])
@@ -293,7 +315,8 @@ def evaluate_checkpoint(directory: str, out_dir: str, *, frames: Sequence[int],
                         config: Mapping[str, Any] | None = None,
                         plain_resolution: int | None = None, num_clips: int | None = None,
                         num_crops: int | None = None, batch_size: int | None = None,
-                        select_split: str | None = None, title: str = '',
+                        select_split: str | None = None, select_margin_se: float = 1.0,
+                        title: str = '',
                         fixed: tuple[int, int] | None = None,
                         progress: Callable[[dict], None] | None = None
                         ) -> tuple[list[dict], dict[str, str]]:
@@ -316,6 +339,10 @@ def evaluate_checkpoint(directory: str, out_dir: str, *, frames: Sequence[int],
       evaluation split. None: the checkpoint's or the config's `eval.select_split`, else
       none (the best grid is picked on the evaluation split); '' forces none. Refused
       when it shares examples with the training or the evaluation split.
+    select_margin_se: with a select_split, the one-standard-error rule of `mark_best`:
+      another grid replaces the reference (`fixed`, else the plain grid) only when it
+      wins on the selection split by more than this many standard errors; 0: the
+      plain argmax.
     title: the plot's; default 'Token Optimization: RUN' (`run_name`).
     fixed: a (frames, resolution) grid among the candidates, drawn reduced to every
       budget (the no-TO reference, e.g. the training run's evaluation grid).
@@ -353,6 +380,8 @@ def evaluate_checkpoint(directory: str, out_dir: str, *, frames: Sequence[int],
     raise ValueError(f'batch_size {batch_size} must divide by num_crops {num_crops} and '
                      f'by the {rows_per_batch} devices')
   _check_args(model, budgets, frames, resolutions, plain_resolution)  # before any data
+  if not select_margin_se >= 0:
+    raise ValueError(f'select_margin_se must be >= 0, got {select_margin_se}')
   builder = open_builder(config['data'])  # once: the evaluation and selection splits
   source = builder.as_data_source(config['data']['eval_split'])
   class_names = builder.info.features['label'].names
@@ -376,8 +405,9 @@ def evaluate_checkpoint(directory: str, out_dir: str, *, frames: Sequence[int],
   rows = grid_search(source)
   if select_split:  # the same grids in the same order, best picked there
     for row, picked_on in zip(rows, grid_search(builder.as_data_source(select_split))):
-      row['select_top1'] = picked_on['top1']
-    mark_best(rows, key='select_top1')
+      row.update(select_top1=picked_on['top1'], select_videos=picked_on['videos'])
+    mark_best(rows, key='select_top1', reference=fixed, margin_se=select_margin_se,
+              videos_key='select_videos')
   paths = {}
   if jax.process_index() == 0:
     paths = save_results(rows, out_dir, checkpoint_dir=os.path.abspath(directory),

@@ -19,7 +19,8 @@ r"""Budget robustness on synthetic_motion: the small-scale analogue of Table 5 (
 2. each evaluated at the full, 1/2 and 1/4 budgets: on the fixed grid with the
    selector reducing it (Table 5's test, "w/o TO"), and with Token Optimization over
    frames x resolutions, the best grid picked on train[90%:] (held out of training) and
-   reported on validation (WORKDIR/<run>/to holds its to.csv/json/png);
+   reported on validation, the fixed grid kept unless another beats it there by more
+   than one standard error (WORKDIR/<run>/to holds its to.csv/json/png);
 3. the table (top-1 ± binomial standard error on the validation videos, and the
    full -> 1/4 drop), one line per gap saying whether it is within two standard errors
    (noise), printed and saved as WORKDIR/budget_robustness.{md,csv,png}.
@@ -277,7 +278,7 @@ def main(argv):
     rows, _ = token_optimization.evaluate_checkpoint(
         params, os.path.join(root, run, 'to'), frames=frames, resolutions=resolutions,
         budgets=(full, full // 2, full // 4), config=config,
-        batch_size=config.eval.batch_size)
+        batch_size=config.eval.batch_size, fixed=fixed)
     results += summarize(run, rows, fixed)
     print(f'{name}: trained and evaluated ({time.perf_counter() - t0:.0f} s so far)')
 
