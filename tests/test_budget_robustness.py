@@ -113,3 +113,35 @@ def test_checks_state_table_5s_lesson_as_pass_or_fail():
   assert [ok for _, ok in br.checks(at_chance)] == [False, True, True]
   assert ('w/o Flux: TO not below the fixed grid by more than 2 SE at any budget (worst: '
           '128 tokens, -3.0 ± 3.5)') in verdict
+
+
+def test_the_ceiling_trains_one_head_for_the_smallest_budget_on_the_test_grid_reduced():
+  full = br.run_config('noflux', steps=None, size='tiny', data_dir='/d', init='/pre')
+  ceiling = br.run_config('noflux', steps=None, size='tiny', data_dir='/d', init='/pre',
+                          budget=16)
+  assert ceiling.model.head_budgets == ceiling.train.budgets == (16,)
+  assert ceiling.train.single_budget == 16 and ceiling.train.mode == 'single'
+  # The test's own input: the fixed grid, which the selector reduces to 16 every step.
+  assert ceiling.flux == full.flux and ceiling.init == '/pre'
+  frames, resolution = br.FIXED
+  assert frames * (resolution // 14) ** 2 > 16
+  assert ceiling.train.steps == full.train.steps and ceiling.optim == full.optim
+
+
+def test_the_ceiling_row_is_reported_beside_the_table_not_in_it():
+  results = (_results('noflux', (0.80, 0.70, 0.50), (0.80, 0.72, 0.60))
+             + _results('multi', (0.82, 0.80, 0.70), (0.83, 0.80, 0.70)))
+  top = dict(_results(br.CEILING, (0.74,) * 3, (0.74,) * 3)[2])  # budget 32 alone
+  with_top = results + [top]
+  assert br.markdown_table(with_top) == br.markdown_table(results)
+  assert br.checks(with_top) == br.checks(results)
+  lines = br.verdicts(with_top)
+  assert [line for line in lines if 'ceiling' not in line] == br.verdicts(results)
+  assert len(lines) == len(br.verdicts(results)) + 2
+  se = 100 * math.hypot(standard_error(0.74, 400), standard_error(0.70, 400))
+  assert (f'trained for 32 tokens alone (the ceiling): 74.0 ± 2.2; Flux-Multi at 32 tokens '
+          f'against it: -4.0 ± {se:.1f} points (noise)') in lines
+  # Keeping 2/3 of the 30-point drop needs 82 - 10 = 72 at 32 tokens: 2 under 74.
+  assert ('keeping 2/3 of the w/o-Flux drop needs Flux-Multi at 32 tokens >= 72.0 (its '
+          '128-token top-1 less a third of 30.0): 2.0 points below the ceiling') in lines
+  assert not any('ceiling' in line for line in br.verdicts(results))

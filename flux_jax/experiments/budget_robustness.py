@@ -2,7 +2,7 @@ r"""Budget robustness on synthetic_motion: the small-scale analogue of Table 5 (
 
   python -m flux_jax.experiments.budget_robustness --workdir workdir/budget [--steps N] \
       [--pretrain_steps N] [--size panning] [--fixed 4,56] [--frames 4,8,12,16] \
-      [--resolutions 56,84,112] [--flux_tokens 32,128] [--flux_frames 2,16]
+      [--resolutions 56,84,112] [--flux_tokens 32,128] [--flux_frames 2,16] [--noceiling]
 
 0. as in the paper, where every row of Table 5 fine-tunes a pre-trained model, one
    pre-training (WORKDIR/pretrain, `--pretrain_steps`) without Flux: the fixed 8 x 56^2
@@ -21,7 +21,11 @@ r"""Budget robustness on synthetic_motion: the small-scale analogue of Table 5 (
    frames x resolutions, the best grid picked on train[90%:] (held out of training) and
    reported on validation, the fixed grid kept unless another beats it there by more
    than one standard error (WORKDIR/<run>/to holds its to.csv/json/png);
-3. the table (top-1 ± binomial standard error on the validation videos, and the
+3. the ceiling (`--ceiling`, WORKDIR/ceiling): the same model fine-tuned for the 1/4
+   budget alone, w/o Flux on the fixed grid reduced to it by the selector (the test's own
+   input), one head, evaluated there: how much of the task the selector's tokens still
+   hold at 1/4, the most that Flux-Multi's 1/4 head can be expected to reach;
+4. the table (top-1 ± binomial standard error on the validation videos, and the
    full -> 1/4 drop), one line per gap saying whether it is within two standard errors
    (noise), printed and saved as WORKDIR/budget_robustness.{md,csv,png}.
 
@@ -84,10 +88,13 @@ _FLUX_TOKENS = flags.DEFINE_list('flux_tokens', [str(v) for v in FLUX_TOKENS], '
                                  "tokens of the Flux rows' grids (the demo config's: 64,256).")
 _FLUX_FRAMES = flags.DEFINE_list('flux_frames', [str(v) for v in FLUX_FRAMES], 'min,max '
                                  "frames of the Flux rows' grids, even (the demo's: 4,16).")
+_CEILING = flags.DEFINE_bool('ceiling', True, 'Also fine-tune a model for the 1/4 budget '
+                             'alone (WORKDIR/ceiling): what the task allows at 1/4.')
 _FIXED = flags.DEFINE_list('fixed', [str(v) for v in FIXED], 'frames,resolution of the fixed '
                            "grid: w/o Flux's training grid and Table 5's test grid.")
 
 RUNS = {'noflux': 'w/o Flux', 'single': 'Flux-Single', 'multi': 'Flux-Multi'}
+CEILING = 'ceiling'  # the run trained for the 1/4 budget alone
 FIELDS = ('run', 'budget', 'fixed_top1', 'fixed_se', 'fixed_gflops', 'to_top1', 'to_se',
           'to_frames', 'to_resolution', 'to_raw_tokens', 'to_gflops', 'videos')
 
@@ -95,21 +102,24 @@ FIELDS = ('run', 'budget', 'fixed_top1', 'fixed_se', 'fixed_gflops', 'to_top1', 
 def run_config(run: str, *, steps: int | None, size: str, data_dir: str,
                fixed: tuple[int, int] = FIXED, init: str = '',
                flux_tokens: tuple[int, int] | None = FLUX_TOKENS,
-               flux_frames: tuple[int, int] | None = FLUX_FRAMES):
+               flux_frames: tuple[int, int] | None = FLUX_FRAMES,
+               budget: int | None = None):
   """configs/synthetic_demo.py trained as `run` (a key of RUNS) on `fixed` if w/o Flux,
   from the params directory `init` ('': from scratch); steps None: the config's. The
   Flux rows draw grids of `flux_tokens` (min, max) raw tokens, padded to the max, and
-  `flux_frames` (min, max) frames; None: the demo config's."""
+  `flux_frames` (min, max) frames; None: the demo config's. The one-head rows train one
+  head at `budget` (None: the full budget; below the grid's raw tokens the selector
+  reduces every step, as for the ceiling)."""
   config = synthetic_demo.get_config(('' if steps is None else f'steps={steps},')
                                      + f'size={size}')
   config.data.data_dir = data_dir
   config.init = init
   config.eval.every_steps = -1  # evaluated below, at every budget
   if run in ('noflux', 'single'):
-    full = config.model.head_budgets[0]
+    one = budget or config.model.head_budgets[0]
     # One head, so every test budget is served by the head that was trained.
-    config.model.head_budgets = (full,)
-    config.train.update(mode='single', budgets=(full,), single_budget=full, single_head=0)
+    config.model.head_budgets = (one,)
+    config.train.update(mode='single', budgets=(one,), single_budget=one, single_head=0)
   if run == 'noflux':  # Python range arguments holding one value each
     config.flux.update(frames=(fixed[0], fixed[0] + 1, 1),
                        resolutions=(fixed[1], fixed[1] + 1, 1))
@@ -120,6 +130,21 @@ def run_config(run: str, *, steps: int | None, size: str, data_dir: str,
     if flux_frames:
       config.flux.frames = (flux_frames[0], flux_frames[1] + 1, config.flux.frames[2])
   return config
+
+
+def ceiling(budget: int, *, root: str, size: str, data_dir: str, fixed: tuple[int, int],
+            init: str) -> dict:
+  """The ceiling row: one head fine-tuned w/o Flux on `fixed` reduced to `budget` by the
+  selector (WORKDIR/ceiling), evaluated there alone, as `summarize` gives it."""
+  config = run_config('noflux', steps=_STEPS.value, size=size, data_dir=data_dir,
+                      fixed=fixed, init=init, budget=budget)
+  params = train_once(config, os.path.join(root, CEILING))
+  rows, _ = token_optimization.evaluate_checkpoint(
+      params, os.path.join(root, CEILING, 'to'), frames=[fixed[0]],
+      resolutions=[fixed[1]], budgets=(budget,), config=config, select_split='',
+      batch_size=config.eval.batch_size, fixed=fixed)
+  (row,) = summarize(CEILING, rows, fixed)
+  return row
 
 
 def summarize(run: str, rows: list[dict], fixed: tuple[int, int] = FIXED) -> list[dict]:
@@ -137,6 +162,11 @@ def summarize(run: str, rows: list[dict], fixed: tuple[int, int] = FIXED) -> lis
   return out
 
 
+def _budgets(results: list[dict]) -> list[int]:
+  """The test budgets of the table's rows, largest first (the ceiling has only one)."""
+  return list(dict.fromkeys(r['budget'] for r in results if r['run'] in RUNS))
+
+
 def _pct(top1: float, se: float) -> str:
   return f'{100 * top1:.1f} ± {100 * se:.1f}'
 
@@ -144,7 +174,7 @@ def _pct(top1: float, se: float) -> str:
 def markdown_table(results: list[dict]) -> str:
   """Top-1 ± standard error per run and budget, fixed grid then TO, and the drop from
   the full budget to the smallest on the fixed grid (± its standard error)."""
-  budgets = list(dict.fromkeys(r['budget'] for r in results))
+  budgets = _budgets(results)
   head = ([f'{b} tokens' for b in budgets] + [f'{b} + TO' for b in budgets]
           + [f'drop {budgets[0]} -> {budgets[-1]}'])
   lines = ['| training | ' + ' | '.join(head) + ' |', '|---' * (1 + len(head)) + '|']
@@ -178,7 +208,7 @@ def verdicts(results: list[dict]) -> list[str]:
   within two standard errors."""
   def gap(value, se):
     return f"{100 * value:+.1f} ± {100 * se:.1f} points{' (noise)' if abs(value) < 2 * se else ''}"
-  budgets = list(dict.fromkeys(r['budget'] for r in results))
+  budgets = _budgets(results)
   row = {(r['run'], r['budget']): r for r in results}
   runs = [run for run in RUNS if (run, budgets[0]) in row]
   lines = []
@@ -195,6 +225,20 @@ def verdicts(results: list[dict]) -> list[str]:
     elif base > 0:
       lines.append(f'Flux-Multi loses more than w/o Flux ({100 * multi:.1f} against '
                    f'{100 * base:.1f} points; SPEC E.3: 4.8 against 17.2)')
+  small = budgets[-1]
+  if (CEILING, small) in row and 'multi' in runs:
+    top = row[CEILING, small]
+    short, se = drop(top, row['multi', small])
+    lines.append(f"trained for {small} tokens alone (the ceiling): "
+                 f"{_pct(top['fixed_top1'], top['fixed_se'])}; Flux-Multi at {small} tokens "
+                 f"against it: {gap(-short, se)}")
+    if 'noflux' in runs and base > 0:
+      need = row['multi', budgets[0]]['fixed_top1'] - base / 3
+      over = need - top['fixed_top1']
+      lines.append(f'keeping 2/3 of the w/o-Flux drop needs Flux-Multi at {small} tokens '
+                   f'>= {100 * need:.1f} (its {budgets[0]}-token top-1 less a third of '
+                   f'{100 * base:.1f}): {100 * abs(over):.1f} points '
+                   f"{'above' if over > 0 else 'below'} the ceiling")
   for run in runs:
     for b in budgets:
       lines.append(f"{RUNS[run]} at {b} tokens, TO - fixed grid: {gap(*to_gain(row[run, b]))}")
@@ -208,7 +252,7 @@ def checks(results: list[dict], *, min_drop: float = 0.10, min_kept: float = 2 /
   of that loss (1 - its own drop / w/o Flux's, SPEC E.3: 72%); each run is trained (above
   chance), and its TO at an equal budget is not below the fixed grid (by more than two
   standard errors, and at all)."""
-  budgets = list(dict.fromkeys(r['budget'] for r in results))
+  budgets = _budgets(results)
   row = {(r['run'], r['budget']): r for r in results}
   out = []
   if ('noflux', budgets[0]) in row:
@@ -245,6 +289,8 @@ def save_plot(results: list[dict], path: str, fixed: tuple[int, int] = FIXED) ->
     series += [(f'{name}, {fixed[0]} x {fixed[1]}^2', tokens, [r['fixed_top1'] for r in rows],
                 f'C{i}o-'),
                (f'{name} + TO', tokens, [r['to_top1'] for r in rows], f'C{i}s--')]
+  series += [(f'trained for {r["budget"]} alone, {fixed[0]} x {fixed[1]}^2', [r['budget']],
+              [r['fixed_top1']], 'k*') for r in results if r['run'] == CEILING]
   budget_eval.save_plot(series, path,
                         title='synthetic_motion: budget robustness (Table 5 analogue)',
                         chance=1 / NUM_CLASSES)
@@ -281,6 +327,10 @@ def main(argv):
         batch_size=config.eval.batch_size, fixed=fixed)
     results += summarize(run, rows, fixed)
     print(f'{name}: trained and evaluated ({time.perf_counter() - t0:.0f} s so far)')
+  if _CEILING.value:
+    results.append(ceiling(full // 4, root=root, size=_SIZE.value, data_dir=data_dir,
+                           fixed=fixed, init=init))
+    print(f'ceiling: trained and evaluated ({time.perf_counter() - t0:.0f} s so far)')
 
   table = markdown_table(results)
   notes = '\n'.join(f'- {line}' for line in verdicts(results))
