@@ -5,6 +5,7 @@ import math
 import pytest
 from absl import app
 
+from configs import synthetic_demo
 from flux_jax.eval.budgets import standard_error
 from flux_jax.experiments import budget_robustness as br
 from flux_jax.experiments.common import parse_range
@@ -32,10 +33,43 @@ def test_every_run_trains_the_same_steps_and_without_flux_sees_only_the_fixed_gr
   assert len(range(*single.flux.frames)) > 1 and single.flux == multi.flux
   # Flux draws the paper's range scaled: from the middle budget to twice the full one.
   assert (multi.flux.min_tokens, multi.flux.max_tokens) == (full // 2, 2 * full)
-  # The pre-training: no Flux on a grid the selector reduces to the full budget.
-  pre = br.run_config('noflux', steps=None, size='tiny', data_dir='/d', fixed=br.PRETRAIN_GRID)
-  assert pre.init == '' and list(range(*pre.flux.frames)) == [br.PRETRAIN_GRID[0]]
-  assert br.PRETRAIN_GRID[0] * (br.PRETRAIN_GRID[1] // 14) ** 2 > full
+
+
+def test_the_pre_training_is_the_demo_recipe_or_one_head_without_flux_both_from_scratch():
+  demo = synthetic_demo.get_config('steps=1800,size=tiny')
+  multi = br.pretrain_config('multi', steps=1800, size='tiny', data_dir='/d')
+  noflux = br.pretrain_config('noflux', steps=1800, size='tiny', data_dir='/d')
+  assert multi.init == noflux.init == ''
+  # 'multi': the demo config itself (Flux-Multi over its grid space, every head).
+  assert multi.train.mode == 'multi' and multi.model.head_budgets == demo.model.head_budgets
+  assert multi.flux == demo.flux and multi.n_max == demo.n_max
+  assert multi.optim == demo.optim and multi.train.steps == demo.train.steps
+  # 'noflux': one head, a fixed grid the selector reduces to the full budget.
+  full = demo.model.head_budgets[0]
+  assert noflux.model.head_budgets == (full,) and noflux.train.mode == 'single'
+  frames, resolution = br.PRETRAIN_GRID
+  assert list(range(*noflux.flux.frames)) == [frames]
+  assert list(range(*noflux.flux.resolutions)) == [resolution]
+  assert frames * (resolution // 14) ** 2 > full
+  assert set(br.PRETRAINS) == {'multi', 'noflux'}
+
+
+def test_a_pre_training_at_chance_is_caught_and_reported():
+  trained = _results(br.PRETRAIN, (0.60, 0.50, 0.40), (0.60, 0.50, 0.40))
+  stuck = _results(br.PRETRAIN, (0.18, 0.17, 0.17), (0.18, 0.17, 0.17), videos=396)
+  assert br.left_chance(trained) and not br.left_chance(stuck)
+  table = (_results('noflux', (0.80, 0.70, 0.50), (0.80, 0.72, 0.60))
+           + _results('multi', (0.82, 0.80, 0.76), (0.83, 0.80, 0.765)))
+  # The pre-training's rows are a line above the verdicts and a check, not a table row.
+  assert br.markdown_table(trained + table) == br.markdown_table(table)
+  lines = br.verdicts(trained + table)
+  assert lines[0] == ('the pre-training, on the fixed grid: 128 tokens 60.0 ± 2.4, '
+                      '64 tokens 50.0 ± 2.5, 32 tokens 40.0 ± 2.4')
+  assert lines[1:] == br.verdicts(table)
+  assert br.checks(trained + table)[0] == (
+      'the pre-training left chance (at 128 tokens by more than 2 SE: 60.0%)', True)
+  assert br.checks(stuck + table)[0][1] is False
+  assert br.checks(stuck + table)[1:] == br.checks(table)
 
 
 def test_the_flux_rows_can_draw_the_papers_token_range_and_w_o_flux_keeps_its_grid():

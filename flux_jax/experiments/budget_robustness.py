@@ -1,13 +1,22 @@
 r"""Budget robustness on synthetic_motion: the small-scale analogue of Table 5 (SPEC E.3).
 
   python -m flux_jax.experiments.budget_robustness --workdir workdir/budget [--steps N] \
-      [--pretrain_steps N] [--size panning] [--fixed 4,56] [--frames 4,8,12,16] \
+      [--pretrain multi|noflux] [--pretrain_steps N] [--size panning] [--fixed 4,56] \
+      [--frames 4,8,12,16] \
       [--resolutions 56,84,112] [--flux_tokens 32,128] [--flux_frames 2,16] [--noceiling]
 
 0. as in the paper, where every row of Table 5 fine-tunes a pre-trained model, one
-   pre-training (WORKDIR/pretrain, `--pretrain_steps`) without Flux: the fixed 8 x 56^2
-   grid reduced to the full budget by the selector, one head (from scratch, single-head
-   models on whole grids or on Flux-Single's flexible ones stayed at chance here);
+   pre-training (WORKDIR/pretrain, `--pretrain_steps`) that every row starts from:
+   `--pretrain multi` (default), the demo's own recipe, Flux-Multi from scratch on its
+   64..256 raw tokens (Table 5's "Multi" pre-training, whose rows "Multi | Single" and
+   "Multi | Multi" are Flux-Single and Flux-Multi here); `--pretrain noflux`, without Flux
+   on the fixed 8 x 56^2 grid reduced to the full budget by the selector, one head.
+   Single-head training from scratch is a gamble on this task: it sat at chance for
+   thousands of steps on whole grids and Flux-Single's flexible ones, and the noflux
+   pre-training left chance by step ~600 on one machine and not in 3000 steps on another;
+   Flux-Multi from scratch left chance by step ~400 in every run measured. The pre-training
+   is evaluated on the fixed grid at every budget, and the run stops there, before any
+   fine-tuning, if it did not leave chance;
 1. the same model (configs/synthetic_demo.py, the demo's) fine-tuned from it three ways
    for the same steps, each in WORKDIR/<run> (the heads a run has and the pre-training
    lacks start at their init):
@@ -61,11 +70,15 @@ from flux_jax.experiments.common import parse_grid, parse_range, train_once
 # (8 x 224^2 = 2048 tokens, the full budget), its raw tokens are the full budget: w/o Flux
 # trains on whole grids, never reduced by the selector, and the test reduces them.
 FIXED = (4, 56)
-# The common pre-training's grid: fixed, no Flux, the selector keeping the full budget of
-# its 128 raw tokens. From scratch, models with one head sat at chance for thousands of
-# steps on whole grids (4 x 56^2: 2400 steps; with lr 5e-4 or a 4-epoch warmup: 800) and
-# on Flux-Single's flexible ones (4000 steps); on this grid one left chance.
+# `--pretrain noflux`'s grid: fixed, no Flux, the selector keeping the full budget of its
+# 128 raw tokens. From scratch, models with one head sat at chance for thousands of steps
+# on whole grids (4 x 56^2: 2400 steps; with lr 5e-4 or a 4-epoch warmup: 800) and on
+# Flux-Single's flexible ones (4000 steps); on this grid one left chance by step ~600 in
+# one run and stayed there for 3000 steps in another (same code and seed, other machine).
 PRETRAIN_GRID = (8, 56)
+PRETRAINS = {'multi': 'Flux-Multi from scratch, the demo config',
+             'noflux': f'w/o Flux, {PRETRAIN_GRID[0]} x {PRETRAIN_GRID[1]}^2 reduced by the '
+                       'selector'}
 # The Flux rows' grids: (min, max) raw tokens and frames. The paper draws 2048..6144 raw
 # tokens around its budgets 3072/2048/1024 (SPEC C.3), i.e. from the middle budget to twice
 # the full one: 32..128 here. The demo config's 64..256 trained the 1/4 head on 1/4 to
@@ -76,8 +89,11 @@ FLUX_FRAMES = (2, 16)
 
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/budget', 'Dataset, runs and results.')
 _STEPS = flags.DEFINE_integer('steps', 3000, 'Fine-tuning steps of each run.')
-_PRETRAIN_STEPS = flags.DEFINE_integer('pretrain_steps', 3000, 'Steps of the pre-training '
-                                       'every run starts from (0: each run from scratch).')
+_PRETRAIN = flags.DEFINE_enum('pretrain', 'multi', list(PRETRAINS), 'The pre-training every '
+                              'run starts from: ' + '; '.join(f'{k}: {v}' for k, v in
+                                                              PRETRAINS.items()) + '.')
+_PRETRAIN_STEPS = flags.DEFINE_integer('pretrain_steps', 1800, 'Steps of the pre-training '
+                                       "(the demo's 1800; 0: each run from scratch).")
 _SIZE = flags.DEFINE_string('size', 'panning', "synthetic_motion config: 'panning', 'tiny', "
                             "'demo', a variant such as 'n2004_396_s7_panning', ...")
 _FRAMES = flags.DEFINE_list('frames', ['4', '8', '12', '16'], 'Token Optimization frame '
@@ -95,6 +111,7 @@ _FIXED = flags.DEFINE_list('fixed', [str(v) for v in FIXED], 'frames,resolution 
 
 RUNS = {'noflux': 'w/o Flux', 'single': 'Flux-Single', 'multi': 'Flux-Multi'}
 CEILING = 'ceiling'  # the run trained for the 1/4 budget alone
+PRETRAIN = 'pretrain'  # the pre-training, evaluated on the fixed grid
 FIELDS = ('run', 'budget', 'fixed_top1', 'fixed_se', 'fixed_gflops', 'to_top1', 'to_se',
           'to_frames', 'to_resolution', 'to_raw_tokens', 'to_gflops', 'videos')
 
@@ -132,6 +149,30 @@ def run_config(run: str, *, steps: int | None, size: str, data_dir: str,
   return config
 
 
+def pretrain_config(kind: str, *, steps: int, size: str, data_dir: str):
+  """The pre-training every row fine-tunes (a key of PRETRAINS), from scratch: 'multi' is
+  the demo config itself (Flux-Multi on its 64..256 raw tokens, every head), 'noflux' one
+  head on PRETRAIN_GRID reduced to the full budget."""
+  if kind == 'multi':
+    return run_config('multi', steps=steps, size=size, data_dir=data_dir, flux_tokens=None,
+                      flux_frames=None)
+  return run_config('noflux', steps=steps, size=size, data_dir=data_dir, fixed=PRETRAIN_GRID)
+
+
+def evaluate_fixed(run: str, params: str, config, budgets: tuple[int, ...],
+                   out_dir: str, fixed: tuple[int, int]) -> list[dict]:
+  """Rows of `run` at `budgets` on the fixed grid alone (no TO), as `summarize` gives them."""
+  rows, _ = token_optimization.evaluate_checkpoint(
+      params, out_dir, frames=[fixed[0]], resolutions=[fixed[1]], budgets=budgets,
+      config=config, select_split='', batch_size=config.eval.batch_size, fixed=fixed)
+  return summarize(run, rows, fixed)
+
+
+def left_chance(rows: list[dict]) -> bool:
+  """Whether the full-budget row (the first) is above chance by more than 2 SE."""
+  return rows[0]['fixed_top1'] - 1 / NUM_CLASSES > 2 * rows[0]['fixed_se']
+
+
 def ceiling(budget: int, *, root: str, size: str, data_dir: str, fixed: tuple[int, int],
             init: str) -> dict:
   """The ceiling row: one head fine-tuned w/o Flux on `fixed` reduced to `budget` by the
@@ -139,11 +180,8 @@ def ceiling(budget: int, *, root: str, size: str, data_dir: str, fixed: tuple[in
   config = run_config('noflux', steps=_STEPS.value, size=size, data_dir=data_dir,
                       fixed=fixed, init=init, budget=budget)
   params = train_once(config, os.path.join(root, CEILING))
-  rows, _ = token_optimization.evaluate_checkpoint(
-      params, os.path.join(root, CEILING, 'to'), frames=[fixed[0]],
-      resolutions=[fixed[1]], budgets=(budget,), config=config, select_split='',
-      batch_size=config.eval.batch_size, fixed=fixed)
-  (row,) = summarize(CEILING, rows, fixed)
+  (row,) = evaluate_fixed(CEILING, params, config, (budget,),
+                          os.path.join(root, CEILING, 'to'), fixed)
   return row
 
 
@@ -211,7 +249,9 @@ def verdicts(results: list[dict]) -> list[str]:
   budgets = _budgets(results)
   row = {(r['run'], r['budget']): r for r in results}
   runs = [run for run in RUNS if (run, budgets[0]) in row]
-  lines = []
+  pre = [r for r in results if r['run'] == PRETRAIN]
+  lines = ['the pre-training, on the fixed grid: ' + ', '.join(
+      f"{r['budget']} tokens {_pct(r['fixed_top1'], r['fixed_se'])}" for r in pre)] if pre else []
   for run in runs:
     lost, se = drop(row[run, budgets[0]], row[run, budgets[-1]])
     lines.append(f'{RUNS[run]}: fixed grid {budgets[0]} -> {budgets[-1]} tokens: '
@@ -255,6 +295,10 @@ def checks(results: list[dict], *, min_drop: float = 0.10, min_kept: float = 2 /
   budgets = _budgets(results)
   row = {(r['run'], r['budget']): r for r in results}
   out = []
+  pre = [r for r in results if r['run'] == PRETRAIN]
+  if pre:
+    out.append((f'the pre-training left chance (at {pre[0]["budget"]} tokens by more than '
+                f'2 SE: {100 * pre[0]["fixed_top1"]:.1f}%)', left_chance(pre)))
   if ('noflux', budgets[0]) in row:
     base, se = drop(row['noflux', budgets[0]], row['noflux', budgets[-1]])
     out.append((f'w/o Flux loses >= {100 * min_drop:.0f} points from {budgets[0]} to '
@@ -270,8 +314,7 @@ def checks(results: list[dict], *, min_drop: float = 0.10, min_kept: float = 2 /
     if gaps:
       full_row = row[run, budgets[0]]
       out.append((f'{RUNS[run]}: trained (at {budgets[0]} tokens above chance by more than '
-                  f'2 SE: {100 * full_row["fixed_top1"]:.1f}%)',
-                  full_row['fixed_top1'] - 1 / NUM_CLASSES > 2 * full_row['fixed_se']))
+                  f'2 SE: {100 * full_row["fixed_top1"]:.1f}%)', left_chance([full_row])))
       worst = min(gaps, key=lambda g: g[1])
       out.append((f'{RUNS[run]}: TO not below the fixed grid by more than 2 SE at any '
                   f'budget (worst: {worst[0]} tokens, {100 * worst[1]:+.1f} ± '
@@ -289,6 +332,10 @@ def save_plot(results: list[dict], path: str, fixed: tuple[int, int] = FIXED) ->
     series += [(f'{name}, {fixed[0]} x {fixed[1]}^2', tokens, [r['fixed_top1'] for r in rows],
                 f'C{i}o-'),
                (f'{name} + TO', tokens, [r['to_top1'] for r in rows], f'C{i}s--')]
+  pre = [r for r in results if r['run'] == PRETRAIN]
+  if pre:
+    series.append((f'the pre-training, {fixed[0]} x {fixed[1]}^2', [r['budget'] for r in pre],
+                   [r['fixed_top1'] for r in pre], 'k.:'))
   series += [(f'trained for {r["budget"]} alone, {fixed[0]} x {fixed[1]}^2', [r['budget']],
               [r['fixed_top1']], 'k*') for r in results if r['run'] == CEILING]
   budget_eval.save_plot(series, path,
@@ -308,14 +355,23 @@ def main(argv):
   frames = sorted({int(f) for f in _FRAMES.value} | {fixed[0]})
   resolutions = sorted({int(r) for r in _RESOLUTIONS.value} | {fixed[1]})
   full = synthetic_demo.get_config().model.head_budgets[0]
-  init = ''
+  budgets = (full, full // 2, full // 4)
+  init, results = '', []
   if _PRETRAIN_STEPS.value:
-    pre = run_config('noflux', steps=_PRETRAIN_STEPS.value, size=_SIZE.value,
-                     data_dir=data_dir, fixed=PRETRAIN_GRID)
-    init = train_once(pre, os.path.join(root, 'pretrain'))
-    print(f'pre-trained w/o Flux on {PRETRAIN_GRID[0]} x {PRETRAIN_GRID[1]}^2 for '
-          f'{_PRETRAIN_STEPS.value} steps ({time.perf_counter() - t0:.0f} s so far)')
-  results = []
+    pre = pretrain_config(_PRETRAIN.value, steps=_PRETRAIN_STEPS.value, size=_SIZE.value,
+                          data_dir=data_dir)
+    init = train_once(pre, os.path.join(root, PRETRAIN))
+    results = evaluate_fixed(PRETRAIN, init, pre, budgets if _PRETRAIN.value == 'multi'
+                             else (full,), os.path.join(root, PRETRAIN, 'to'), fixed)
+    print(f'pre-trained ({PRETRAINS[_PRETRAIN.value]}) for {_PRETRAIN_STEPS.value} steps: '
+          f'{100 * results[0]["fixed_top1"]:.1f}% at {full} tokens of the fixed grid '
+          f'({time.perf_counter() - t0:.0f} s so far)')
+    if not left_chance(results):
+      raise RuntimeError(
+          f'the pre-training ({root}/{PRETRAIN}) is at chance on the fixed grid '
+          f'({100 * results[0]["fixed_top1"]:.1f}%, chance {100 / NUM_CLASSES:.1f}%): '
+          'every row would start from noise. Remove it and pre-train longer '
+          '(--pretrain_steps) or another way (--pretrain).')
   for run, name in RUNS.items():
     config = run_config(run, steps=_STEPS.value, size=_SIZE.value, data_dir=data_dir,
                         fixed=fixed, init=init, flux_tokens=flux_tokens,
@@ -323,8 +379,7 @@ def main(argv):
     params = train_once(config, os.path.join(root, run))
     rows, _ = token_optimization.evaluate_checkpoint(
         params, os.path.join(root, run, 'to'), frames=frames, resolutions=resolutions,
-        budgets=(full, full // 2, full // 4), config=config,
-        batch_size=config.eval.batch_size, fixed=fixed)
+        budgets=budgets, config=config, batch_size=config.eval.batch_size, fixed=fixed)
     results += summarize(run, rows, fixed)
     print(f'{name}: trained and evaluated ({time.perf_counter() - t0:.0f} s so far)')
   if _CEILING.value:
@@ -337,9 +392,9 @@ def main(argv):
   notes += '\n\nTable 5\'s lesson (SPEC E.3), checked:\n' + '\n'.join(
       f"- [{'x' if ok else ' '}] {line}" for line, ok in checks(results))
   steps = config.train.steps
-  start = (f'each fine-tuned for {steps} steps from one pre-training w/o Flux '
-           f'({_PRETRAIN_STEPS.value} steps, {PRETRAIN_GRID[0]} x {PRETRAIN_GRID[1]}^2 '
-           f'reduced to {full})' if init else f'{steps} steps each from scratch')
+  start = (f'each fine-tuned for {steps} steps from one pre-training '
+           f'({PRETRAINS[_PRETRAIN.value]}, {_PRETRAIN_STEPS.value} steps)' if init
+           else f'{steps} steps each from scratch')
   text = (f'synthetic_motion/{_SIZE.value} validation top-1 (%) ± standard error '
           f'({results[0]["videos"]} videos), {start} (chance '
           f'{100 / NUM_CLASSES:.1f}%); "N tokens": the fixed {fixed[0]} x {fixed[1]}^2 '
