@@ -2,8 +2,8 @@ r"""Budget robustness on synthetic_motion: the small-scale analogue of Table 5 (
 
   python -m flux_jax.experiments.budget_robustness --workdir workdir/budget [--steps N] \
       [--pretrain multi|noflux] [--pretrain_steps N] [--size panning] [--fixed 4,56] \
-      [--frames 4,8,12,16] \
-      [--resolutions 56,84,112] [--flux_tokens 32,128] [--flux_frames 2,16] [--noceiling]
+      [--frames 4,8,12,16] [--resolutions 56,84,112] [--flux_tokens 32,128] \
+      [--flux_frames 2,16] [--noceiling]
 
 0. as in the paper, where every row of Table 5 fine-tunes a pre-trained model, one
    pre-training (WORKDIR/pretrain, `--pretrain_steps`) that every row starts from:
@@ -13,7 +13,7 @@ r"""Budget robustness on synthetic_motion: the small-scale analogue of Table 5 (
    on the fixed 8 x 56^2 grid reduced to the full budget by the selector, one head.
    Single-head training from scratch is a gamble on this task: it sat at chance for
    thousands of steps on whole grids and Flux-Single's flexible ones, and the noflux
-   pre-training left chance by step ~600 on one machine and not in 3000 steps on another;
+   pre-training left chance by step ~600 in one session and not in 3000 steps in another;
    Flux-Multi from scratch left chance by step ~400 in every run measured. The pre-training
    is evaluated on the fixed grid at every budget, and the run stops there, before any
    fine-tuning, if it did not leave chance;
@@ -75,7 +75,7 @@ FIXED = (4, 56)
 # 128 raw tokens. From scratch, models with one head sat at chance for thousands of steps
 # on whole grids (4 x 56^2: 2400 steps; with lr 5e-4 or a 4-epoch warmup: 800) and on
 # Flux-Single's flexible ones (4000 steps); on this grid one left chance by step ~600 in
-# one run and stayed there for 3000 steps in another (same code and seed, other machine).
+# one run and stayed there for 3000 steps in another (same code and seed, cause unknown).
 PRETRAIN_GRID = (8, 56)
 PRETRAINS = {'multi': 'Flux-Multi from scratch, the demo config',
              'noflux': f'w/o Flux, {PRETRAIN_GRID[0]} x {PRETRAIN_GRID[1]}^2 reduced by the '
@@ -201,6 +201,11 @@ def summarize(run: str, rows: list[dict], fixed: tuple[int, int] = FIXED) -> lis
   return out
 
 
+def _of(results: list[dict], run: str) -> list[dict]:
+  """The rows of one run (e.g. PRETRAIN, CEILING), in their order."""
+  return [r for r in results if r['run'] == run]
+
+
 def _budgets(results: list[dict]) -> list[int]:
   """The test budgets of the table's rows, largest first (the ceiling has only one)."""
   return list(dict.fromkeys(r['budget'] for r in results if r['run'] in RUNS))
@@ -218,7 +223,7 @@ def markdown_table(results: list[dict]) -> str:
           + [f'drop {budgets[0]} -> {budgets[-1]}'])
   lines = ['| training | ' + ' | '.join(head) + ' |', '|---' * (1 + len(head)) + '|']
   for run, name in RUNS.items():
-    by_budget = {r['budget']: r for r in results if r['run'] == run}
+    by_budget = {r['budget']: r for r in _of(results, run)}
     if not by_budget:
       continue
     cells = [_pct(by_budget[b]['fixed_top1'], by_budget[b]['fixed_se']) for b in budgets]
@@ -250,7 +255,7 @@ def verdicts(results: list[dict]) -> list[str]:
   budgets = _budgets(results)
   row = {(r['run'], r['budget']): r for r in results}
   runs = [run for run in RUNS if (run, budgets[0]) in row]
-  pre = [r for r in results if r['run'] == PRETRAIN]
+  pre = _of(results, PRETRAIN)
   lines = ['the pre-training, on the fixed grid: ' + ', '.join(
       f"{r['budget']} tokens {_pct(r['fixed_top1'], r['fixed_se'])}" for r in pre)] if pre else []
   for run in runs:
@@ -296,7 +301,7 @@ def checks(results: list[dict], *, min_drop: float = 0.10, min_kept: float = 2 /
   budgets = _budgets(results)
   row = {(r['run'], r['budget']): r for r in results}
   out = []
-  pre = [r for r in results if r['run'] == PRETRAIN]
+  pre = _of(results, PRETRAIN)
   if pre:
     out.append((f'the pre-training left chance (at {pre[0]["budget"]} tokens by more than '
                 f'2 SE: {100 * pre[0]["fixed_top1"]:.1f}%)', left_chance(pre)))
@@ -328,17 +333,17 @@ def checks(results: list[dict], *, min_drop: float = 0.10, min_kept: float = 2 /
 def save_plot(results: list[dict], path: str, fixed: tuple[int, int] = FIXED) -> None:
   series = []
   for i, (run, name) in enumerate(RUNS.items()):
-    rows = [r for r in results if r['run'] == run]
+    rows = _of(results, run)
     tokens = [r['budget'] for r in rows]
     series += [(f'{name}, {fixed[0]} x {fixed[1]}^2', tokens, [r['fixed_top1'] for r in rows],
                 f'C{i}o-'),
                (f'{name} + TO', tokens, [r['to_top1'] for r in rows], f'C{i}s--')]
-  pre = [r for r in results if r['run'] == PRETRAIN]
+  pre = _of(results, PRETRAIN)
   if pre:
     series.append((f'the pre-training, {fixed[0]} x {fixed[1]}^2', [r['budget'] for r in pre],
                    [r['fixed_top1'] for r in pre], 'k.:'))
   series += [(f'trained for {r["budget"]} alone, {fixed[0]} x {fixed[1]}^2', [r['budget']],
-              [r['fixed_top1']], 'k*') for r in results if r['run'] == CEILING]
+              [r['fixed_top1']], 'k*') for r in _of(results, CEILING)]
   budget_eval.save_plot(series, path,
                         title='synthetic_motion: budget robustness (Table 5 analogue)',
                         chance=1 / NUM_CLASSES)
@@ -362,8 +367,8 @@ def main(argv):
     pre = pretrain_config(_PRETRAIN.value, steps=_PRETRAIN_STEPS.value, size=_SIZE.value,
                           data_dir=data_dir)
     init = train_once(pre, os.path.join(root, PRETRAIN))
-    results = evaluate_fixed(PRETRAIN, init, pre, budgets if _PRETRAIN.value == 'multi'
-                             else (full,), os.path.join(root, PRETRAIN, 'to'), fixed)
+    results = evaluate_fixed(PRETRAIN, init, pre, tuple(pre.model.head_budgets),
+                             os.path.join(root, PRETRAIN, 'to'), fixed)
     print(f'pre-trained ({PRETRAINS[_PRETRAIN.value]}) for {_PRETRAIN_STEPS.value} steps: '
           f'{100 * results[0]["fixed_top1"]:.1f}% at {full} tokens of the fixed grid '
           f'({time.perf_counter() - t0:.0f} s so far)')
