@@ -14,7 +14,8 @@ r"""Budget robustness on synthetic_motion: the small-scale analogue of Table 5 (
    Single-head training from scratch is a gamble on this task: it sat at chance for
    thousands of steps on whole grids and Flux-Single's flexible ones, and the noflux
    pre-training left chance by step ~600 in one session and not in 3000 steps in another;
-   Flux-Multi from scratch left chance by step ~400 in every run measured. The pre-training
+   Flux-Multi from scratch on the demo's 64..256 raw tokens left chance by step 400-600
+   in every run measured (on 32..128, one was still at chance at step 500). The pre-training
    is evaluated on the fixed grid at every budget, and the run stops there, before any
    fine-tuning, if it did not leave chance;
 1. the same model (configs/synthetic_demo.py, the demo's) fine-tuned from it three ways
