@@ -179,3 +179,32 @@ def test_the_ceiling_row_is_reported_beside_the_table_not_in_it():
   assert ('keeping 2/3 of the w/o-Flux drop needs Flux-Multi at 32 tokens >= 72.0 (its '
           '128-token top-1 less a third of 30.0): 2.0 points below the ceiling') in lines
   assert not any('ceiling' in line for line in br.verdicts(results))
+
+
+def test_budgets_set_every_head_and_default_to_the_fixed_grids_full_half_and_quarter():
+  fixed = (4, 84)  # 4 x 6^2 = 144 raw tokens: the full budget
+  assert br.parse_budgets(['144', '72', '36'], fixed) == (144, 72, 36)
+  for bad in (['128', '64', '32'], ['144'], ['144', '144', '36'], ['144', '36', '72'],
+              ['144', '72', '0']):
+    with pytest.raises(app.UsageError, match='--budgets=.*144 raw tokens'):
+      br.parse_budgets(bad, fixed)
+  budgets = (144, 72, 36)
+  multi = br.run_config('multi', steps=None, size='tiny', data_dir='/d', fixed=fixed,
+                        init='/pre', flux_tokens=br.flux_tokens_for(144), budgets=budgets)
+  assert multi.model.head_budgets == multi.train.budgets == multi.eval.budgets == budgets
+  assert multi.eval.budget == 144 and multi.train.single_budget == 72
+  assert (multi.flux.min_tokens, multi.flux.max_tokens, multi.n_max) == (72, 288, 288)
+  assert br.flux_tokens_for(64) == br.FLUX_TOKENS  # the default range at the demo's 64
+  for run in ('noflux', 'single'):
+    one = br.run_config(run, steps=None, size='tiny', data_dir='/d', fixed=fixed,
+                        budgets=budgets)
+    assert one.model.head_budgets == one.train.budgets == (144,)
+    assert one.train.single_budget == 144
+  ceiling = br.run_config('noflux', steps=None, size='tiny', data_dir='/d', fixed=(8, 84),
+                          budget=72, budgets=(288, 144, 72))
+  assert ceiling.model.head_budgets == (72,)
+  assert ceiling.n_max == 288  # padded to hold its whole fixed grid
+  # Without `budgets`, the demo config's heads, as before.
+  demo = synthetic_demo.get_config()
+  assert br.run_config('multi', steps=None, size='tiny', data_dir='/d').model.head_budgets \
+      == demo.model.head_budgets

@@ -2,8 +2,8 @@ r"""Budget robustness on synthetic_motion: the small-scale analogue of Table 5 (
 
   python -m flux_jax.experiments.budget_robustness --workdir workdir/budget [--steps N] \
       [--pretrain multi|noflux] [--pretrain_steps N] [--size panning] [--fixed 4,56] \
-      [--frames 4,8,12,16] [--resolutions 56,84,112] [--flux_tokens 32,128] \
-      [--flux_frames 2,16] [--noceiling]
+      [--budgets 64,32,16] [--frames 4,8,12,16] [--resolutions 56,84,112] \
+      [--flux_tokens 32,128] [--flux_frames 2,16] [--noceiling]
 
 0. as in the paper, where every row of Table 5 fine-tunes a pre-trained model, one
    pre-training (WORKDIR/pretrain, `--pretrain_steps`) that every row starts from:
@@ -40,6 +40,10 @@ r"""Budget robustness on synthetic_motion: the small-scale analogue of Table 5 (
    full -> 1/4 drop), one line per gap saying whether it is within two standard errors
    (noise), printed and saved as WORKDIR/budget_robustness.{md,csv,png}.
 
+`--fixed 4,84` runs the same experiment on a larger grid: the budgets follow it (its 144
+raw tokens, 72 and 36; `--budgets` to choose them) and so does the Flux rows' range
+(72..288); the pre-training is the same (its heads are taken by index).
+
 `--size` takes any synthetic_motion config, e.g. 'n2004_396_s7_panning': the same task
 drawn from another seed (flux_jax.data.builders.synthetic_motion.parse).
 
@@ -66,7 +70,7 @@ from flux_jax.data.synthetic import NUM_CLASSES
 from flux_jax.eval import budgets as budget_eval
 from flux_jax.eval.budgets import standard_error
 from flux_jax.eval import token_optimization
-from flux_jax.experiments.common import parse_grid, parse_range, train_once
+from flux_jax.experiments.common import PATCH, parse_grid, parse_range, train_once
 
 # (frames, resolution): w/o Flux's training grid and Table 5's test grid. As in the paper
 # (8 x 224^2 = 2048 tokens, the full budget), its raw tokens are the full budget: w/o Flux
@@ -102,14 +106,18 @@ _FRAMES = flags.DEFINE_list('frames', ['4', '8', '12', '16'], 'Token Optimizatio
                             'counts (the fixed grid\'s is always added).')
 _RESOLUTIONS = flags.DEFINE_list('resolutions', ['56', '84', '112'], 'Token Optimization '
                                  'resolutions (the fixed grid\'s is always added).')
-_FLUX_TOKENS = flags.DEFINE_list('flux_tokens', [str(v) for v in FLUX_TOKENS], 'min,max raw '
-                                 "tokens of the Flux rows' grids (the demo config's: 64,256).")
+_FLUX_TOKENS = flags.DEFINE_list('flux_tokens', None, 'min,max raw tokens of the Flux rows\' '
+                                 'grids (default: the middle budget to twice the full one, '
+                                 "32,128 at 64; empty: the demo config's 64,256).")
 _FLUX_FRAMES = flags.DEFINE_list('flux_frames', [str(v) for v in FLUX_FRAMES], 'min,max '
                                  "frames of the Flux rows' grids, even (the demo's: 4,16).")
 _CEILING = flags.DEFINE_bool('ceiling', True, 'Also fine-tune a model for the 1/4 budget '
                              'alone (WORKDIR/ceiling): what the task allows at 1/4.')
 _FIXED = flags.DEFINE_list('fixed', [str(v) for v in FIXED], 'frames,resolution of the fixed '
                            "grid: w/o Flux's training grid and Table 5's test grid.")
+_BUDGETS = flags.DEFINE_list('budgets', None, 'The test budgets and the heads, full first: '
+                             "the fixed grid's raw tokens, then smaller (default: its 1, "
+                             '1/2 and 1/4, 64,32,16 at 4 x 56^2).')
 
 RUNS = {'noflux': 'w/o Flux', 'single': 'Flux-Single', 'multi': 'Flux-Multi'}
 CEILING = 'ceiling'  # the run trained for the 1/4 budget alone
@@ -122,18 +130,24 @@ def run_config(run: str, *, steps: int | None, size: str, data_dir: str,
                fixed: tuple[int, int] = FIXED, init: str = '',
                flux_tokens: tuple[int, int] | None = FLUX_TOKENS,
                flux_frames: tuple[int, int] | None = FLUX_FRAMES,
-               budget: int | None = None):
+               budget: int | None = None, budgets: tuple[int, ...] | None = None):
   """configs/synthetic_demo.py trained as `run` (a key of RUNS) on `fixed` if w/o Flux,
-  from the params directory `init` ('': from scratch); steps None: the config's. The
-  Flux rows draw grids of `flux_tokens` (min, max) raw tokens, padded to the max, and
-  `flux_frames` (min, max) frames; None: the demo config's. The one-head rows train one
-  head at `budget` (None: the full budget; below the grid's raw tokens the selector
-  reduces every step, as for the ceiling)."""
+  from the params directory `init` ('': from scratch); steps None: the config's. Its
+  heads serve `budgets` (full first; None: the demo config's). The Flux rows draw grids
+  of `flux_tokens` (min, max) raw tokens, padded to the max, and `flux_frames` (min, max)
+  frames; None: the demo config's. The one-head rows train one head at `budget` (None:
+  the full budget; below the grid's raw tokens the selector reduces every step, as for
+  the ceiling)."""
   config = synthetic_demo.get_config(('' if steps is None else f'steps={steps},')
                                      + f'size={size}')
   config.data.data_dir = data_dir
   config.init = init
   config.eval.every_steps = -1  # evaluated below, at every budget
+  if budgets:  # a pre-training's heads are taken by index, whatever their budgets
+    budgets = tuple(budgets)
+    config.model.head_budgets = budgets
+    config.train.update(budgets=budgets, single_budget=budgets[min(1, len(budgets) - 1)])
+    config.eval.update(budgets=budgets, budget=budgets[0])
   if run in ('noflux', 'single'):
     one = budget or config.model.head_budgets[0]
     # One head, so every test budget is served by the head that was trained.
@@ -142,6 +156,7 @@ def run_config(run: str, *, steps: int | None, size: str, data_dir: str,
   if run == 'noflux':  # Python range arguments holding one value each
     config.flux.update(frames=(fixed[0], fixed[0] + 1, 1),
                        resolutions=(fixed[1], fixed[1] + 1, 1))
+    config.n_max = max(config.n_max, fixed[0] * (fixed[1] // PATCH) ** 2)
   else:
     if flux_tokens:
       config.flux.update(min_tokens=flux_tokens[0], max_tokens=flux_tokens[1])
@@ -161,6 +176,27 @@ def pretrain_config(kind: str, *, steps: int, size: str, data_dir: str):
   return run_config('noflux', steps=steps, size=size, data_dir=data_dir, fixed=PRETRAIN_GRID)
 
 
+def flux_tokens_for(full: int) -> tuple[int, int]:
+  """The Flux rows' default (min, max) raw tokens for a full budget: the paper's
+  2048..6144 around its 3072/2048/1024 scaled, from the middle budget to twice the full
+  one (FLUX_TOKENS at the demo's 64)."""
+  return full // 2, 2 * full
+
+
+def parse_budgets(values: list[str], fixed: tuple[int, int]) -> tuple[int, ...]:
+  """`--budgets` as ints, refused unless it is the fixed grid's raw tokens (the full
+  budget, Table 5's 8 x 224^2 = 2048) then strictly smaller budgets."""
+  budgets = tuple(int(v) for v in values)
+  raw = fixed[0] * (fixed[1] // PATCH) ** 2
+  if (len(budgets) < 2 or budgets[0] != raw or any(b <= 0 for b in budgets)
+      or list(budgets) != sorted(set(budgets), reverse=True)):
+    raise app.UsageError(
+        f'--budgets={",".join(values)}: want the full budget, the fixed grid '
+        f'{fixed[0]} x {fixed[1]}^2\'s {raw} raw tokens, then smaller ones, decreasing '
+        f'(e.g. {raw},{raw // 2},{raw // 4})')
+  return budgets
+
+
 def evaluate_fixed(run: str, params: str, config, budgets: tuple[int, ...],
                    out_dir: str, fixed: tuple[int, int]) -> list[dict]:
   """Rows of `run` at `budgets` on the fixed grid alone (no TO), as `summarize` gives them."""
@@ -176,11 +212,11 @@ def left_chance(rows: list[dict]) -> bool:
 
 
 def ceiling(budget: int, *, root: str, size: str, data_dir: str, fixed: tuple[int, int],
-            init: str) -> dict:
+            init: str, budgets: tuple[int, ...]) -> dict:
   """The ceiling row: one head fine-tuned w/o Flux on `fixed` reduced to `budget` by the
   selector (WORKDIR/ceiling), evaluated there alone, as `summarize` gives it."""
   config = run_config('noflux', steps=_STEPS.value, size=size, data_dir=data_dir,
-                      fixed=fixed, init=init, budget=budget)
+                      fixed=fixed, init=init, budget=budget, budgets=budgets)
   params = train_once(config, os.path.join(root, CEILING))
   (row,) = evaluate_fixed(CEILING, params, config, (budget,),
                           os.path.join(root, CEILING, 'to'), fixed)
@@ -357,12 +393,14 @@ def main(argv):
   root = os.path.abspath(_WORKDIR.value)
   data_dir = os.path.join(root, 'tfds')
   fixed = parse_grid(_FIXED.value, 'fixed')
-  flux_tokens = parse_range(_FLUX_TOKENS.value, 'flux_tokens')
+  raw = fixed[0] * (fixed[1] // PATCH) ** 2
+  budgets = parse_budgets(_BUDGETS.value or [str(raw), str(raw // 2), str(raw // 4)], fixed)
+  full = budgets[0]
+  flux_tokens = (flux_tokens_for(full) if _FLUX_TOKENS.value is None
+                 else parse_range(_FLUX_TOKENS.value, 'flux_tokens'))
   flux_frames = parse_range(_FLUX_FRAMES.value, 'flux_frames')
   frames = sorted({int(f) for f in _FRAMES.value} | {fixed[0]})
   resolutions = sorted({int(r) for r in _RESOLUTIONS.value} | {fixed[1]})
-  full = synthetic_demo.get_config().model.head_budgets[0]
-  budgets = (full, full // 2, full // 4)
   init, results = '', []
   if _PRETRAIN_STEPS.value:
     pre = pretrain_config(_PRETRAIN.value, steps=_PRETRAIN_STEPS.value, size=_SIZE.value,
@@ -371,7 +409,8 @@ def main(argv):
     results = evaluate_fixed(PRETRAIN, init, pre, tuple(pre.model.head_budgets),
                              os.path.join(root, PRETRAIN, 'to'), fixed)
     print(f'pre-trained ({PRETRAINS[_PRETRAIN.value]}) for {_PRETRAIN_STEPS.value} steps: '
-          f'{100 * results[0]["fixed_top1"]:.1f}% at {full} tokens of the fixed grid '
+          f'{100 * results[0]["fixed_top1"]:.1f}% at {results[0]["budget"]} tokens of the '
+          f'fixed grid '
           f'({time.perf_counter() - t0:.0f} s so far)')
     if not left_chance(results):
       raise RuntimeError(
@@ -382,7 +421,7 @@ def main(argv):
   for run, name in RUNS.items():
     config = run_config(run, steps=_STEPS.value, size=_SIZE.value, data_dir=data_dir,
                         fixed=fixed, init=init, flux_tokens=flux_tokens,
-                        flux_frames=flux_frames)
+                        flux_frames=flux_frames, budgets=budgets)
     params = train_once(config, os.path.join(root, run))
     rows, _ = token_optimization.evaluate_checkpoint(
         params, os.path.join(root, run, 'to'), frames=frames, resolutions=resolutions,
@@ -390,8 +429,8 @@ def main(argv):
     results += summarize(run, rows, fixed)
     print(f'{name}: trained and evaluated ({time.perf_counter() - t0:.0f} s so far)')
   if _CEILING.value:
-    results.append(ceiling(full // 4, root=root, size=_SIZE.value, data_dir=data_dir,
-                           fixed=fixed, init=init))
+    results.append(ceiling(budgets[-1], root=root, size=_SIZE.value, data_dir=data_dir,
+                           fixed=fixed, init=init, budgets=budgets))
     print(f'ceiling: trained and evaluated ({time.perf_counter() - t0:.0f} s so far)')
 
   table = markdown_table(results)
