@@ -186,7 +186,7 @@ def test_budgets_set_every_head_and_default_to_the_fixed_grids_full_half_and_qua
   assert br.parse_budgets(['144', '72', '36'], fixed) == (144, 72, 36)
   for bad in (['128', '64', '32'], ['144'], ['144', '144', '36'], ['144', '36', '72'],
               ['144', '72', '0']):
-    with pytest.raises(app.UsageError, match='--budgets=.*144 raw tokens'):
+    with pytest.raises(app.UsageError, match='--head_budgets=.*144 raw tokens'):
       br.parse_budgets(bad, fixed)
   budgets = (144, 72, 36)
   multi = br.run_config('multi', steps=None, size='tiny', data_dir='/d', fixed=fixed,
@@ -208,3 +208,9 @@ def test_budgets_set_every_head_and_default_to_the_fixed_grids_full_half_and_qua
   demo = synthetic_demo.get_config()
   assert br.run_config('multi', steps=None, size='tiny', data_dir='/d').model.head_budgets \
       == demo.model.head_budgets
+
+
+def test_its_flags_and_selector_recalls_live_in_one_process():
+  # absl flags are global: a name defined by two experiments fails at the second import.
+  from flux_jax.experiments import selector_recall  # pylint: disable=g-import-not-at-top
+  assert br._HEAD_BUDGETS.name == 'head_budgets' and selector_recall._BUDGETS.name == 'budgets'

@@ -2,7 +2,7 @@ r"""Budget robustness on synthetic_motion: the small-scale analogue of Table 5 (
 
   python -m flux_jax.experiments.budget_robustness --workdir workdir/budget [--steps N] \
       [--pretrain multi|noflux] [--pretrain_steps N] [--size panning] [--fixed 4,56] \
-      [--budgets 64,32,16] [--frames 4,8,12,16] [--resolutions 56,84,112] \
+      [--head_budgets 64,32,16] [--frames 4,8,12,16] [--resolutions 56,84,112] \
       [--flux_tokens 32,128] [--flux_frames 2,16] [--noceiling]
 
 0. as in the paper, where every row of Table 5 fine-tunes a pre-trained model, one
@@ -41,7 +41,7 @@ r"""Budget robustness on synthetic_motion: the small-scale analogue of Table 5 (
    (noise), printed and saved as WORKDIR/budget_robustness.{md,csv,png}.
 
 `--fixed 4,84` runs the same experiment on a larger grid: the budgets follow it (its 144
-raw tokens, 72 and 36; `--budgets` to choose them) and so does the Flux rows' range
+raw tokens, 72 and 36; `--head_budgets` to choose them) and so does the Flux rows' range
 (72..288); the pre-training is the same (its heads are taken by index).
 
 `--size` takes any synthetic_motion config, e.g. 'n2004_396_s7_panning': the same task
@@ -115,9 +115,10 @@ _CEILING = flags.DEFINE_bool('ceiling', True, 'Also fine-tune a model for the 1/
                              'alone (WORKDIR/ceiling): what the task allows at 1/4.')
 _FIXED = flags.DEFINE_list('fixed', [str(v) for v in FIXED], 'frames,resolution of the fixed '
                            "grid: w/o Flux's training grid and Table 5's test grid.")
-_BUDGETS = flags.DEFINE_list('budgets', None, 'The test budgets and the heads, full first: '
-                             "the fixed grid's raw tokens, then smaller (default: its 1, "
-                             '1/2 and 1/4, 64,32,16 at 4 x 56^2).')
+# Not `--budgets`: absl flags are global, and selector_recall's --budgets means K alone.
+_HEAD_BUDGETS = flags.DEFINE_list('head_budgets', None, 'The heads and the test budgets, '
+                                  "full first: the fixed grid's raw tokens, then smaller "
+                                  '(default: its 1, 1/2 and 1/4, 64,32,16 at 4 x 56^2).')
 
 RUNS = {'noflux': 'w/o Flux', 'single': 'Flux-Single', 'multi': 'Flux-Multi'}
 CEILING = 'ceiling'  # the run trained for the 1/4 budget alone
@@ -184,14 +185,14 @@ def flux_tokens_for(full: int) -> tuple[int, int]:
 
 
 def parse_budgets(values: list[str], fixed: tuple[int, int]) -> tuple[int, ...]:
-  """`--budgets` as ints, refused unless it is the fixed grid's raw tokens (the full
+  """`--head_budgets` as ints, refused unless it is the fixed grid's raw tokens (the full
   budget, Table 5's 8 x 224^2 = 2048) then strictly smaller budgets."""
   budgets = tuple(int(v) for v in values)
   raw = fixed[0] * (fixed[1] // PATCH) ** 2
   if (len(budgets) < 2 or budgets[0] != raw or any(b <= 0 for b in budgets)
       or list(budgets) != sorted(set(budgets), reverse=True)):
     raise app.UsageError(
-        f'--budgets={",".join(values)}: want the full budget, the fixed grid '
+        f'--head_budgets={",".join(values)}: want the full budget, the fixed grid '
         f'{fixed[0]} x {fixed[1]}^2\'s {raw} raw tokens, then smaller ones, decreasing '
         f'(e.g. {raw},{raw // 2},{raw // 4})')
   return budgets
@@ -394,7 +395,7 @@ def main(argv):
   data_dir = os.path.join(root, 'tfds')
   fixed = parse_grid(_FIXED.value, 'fixed')
   raw = fixed[0] * (fixed[1] // PATCH) ** 2
-  budgets = parse_budgets(_BUDGETS.value or [str(raw), str(raw // 2), str(raw // 4)], fixed)
+  budgets = parse_budgets(_HEAD_BUDGETS.value or [str(raw), str(raw // 2), str(raw // 4)], fixed)
   full = budgets[0]
   flux_tokens = (flux_tokens_for(full) if _FLUX_TOKENS.value is None
                  else parse_range(_FLUX_TOKENS.value, 'flux_tokens'))
