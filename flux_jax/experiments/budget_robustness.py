@@ -71,6 +71,7 @@ from flux_jax.eval import budgets as budget_eval
 from flux_jax.eval.budgets import standard_error
 from flux_jax.eval import token_optimization
 from flux_jax.experiments.common import PATCH, parse_grid, parse_range, train_once
+from flux_jax.tokens.plan import FluxPlan
 
 # (frames, resolution): w/o Flux's training grid and Table 5's test grid. As in the paper
 # (8 x 224^2 = 2048 tokens, the full budget), its raw tokens are the full budget: w/o Flux
@@ -157,7 +158,7 @@ def run_config(run: str, *, steps: int | None, size: str, data_dir: str,
   if run == 'noflux':  # Python range arguments holding one value each
     config.flux.update(frames=(fixed[0], fixed[0] + 1, 1),
                        resolutions=(fixed[1], fixed[1] + 1, 1))
-    config.n_max = max(config.n_max, fixed[0] * (fixed[1] // PATCH) ** 2)
+    config.n_max = max(config.n_max, FluxPlan(*fixed).num_tokens(PATCH))
   else:
     if flux_tokens:
       config.flux.update(min_tokens=flux_tokens[0], max_tokens=flux_tokens[1])
@@ -184,11 +185,14 @@ def flux_tokens_for(full: int) -> tuple[int, int]:
   return full // 2, 2 * full
 
 
-def parse_budgets(values: list[str], fixed: tuple[int, int]) -> tuple[int, ...]:
+def parse_budgets(values: list[str] | None, fixed: tuple[int, int]) -> tuple[int, ...]:
   """`--head_budgets` as ints, refused unless it is the fixed grid's raw tokens (the full
-  budget, Table 5's 8 x 224^2 = 2048) then strictly smaller budgets."""
+  budget, Table 5's 8 x 224^2 = 2048) then strictly smaller budgets; empty: the raw
+  tokens, 1/2 and 1/4."""
+  raw = FluxPlan(*fixed).num_tokens(PATCH)
+  if not values:
+    return raw, raw // 2, raw // 4
   budgets = tuple(int(v) for v in values)
-  raw = fixed[0] * (fixed[1] // PATCH) ** 2
   if (len(budgets) < 2 or budgets[0] != raw or any(b <= 0 for b in budgets)
       or list(budgets) != sorted(set(budgets), reverse=True)):
     raise app.UsageError(
@@ -394,10 +398,8 @@ def main(argv):
   root = os.path.abspath(_WORKDIR.value)
   data_dir = os.path.join(root, 'tfds')
   fixed = parse_grid(_FIXED.value, 'fixed')
-  raw = fixed[0] * (fixed[1] // PATCH) ** 2
-  budgets = parse_budgets(_HEAD_BUDGETS.value or [str(raw), str(raw // 2), str(raw // 4)], fixed)
-  full = budgets[0]
-  flux_tokens = (flux_tokens_for(full) if _FLUX_TOKENS.value is None
+  budgets = parse_budgets(_HEAD_BUDGETS.value, fixed)
+  flux_tokens = (flux_tokens_for(budgets[0]) if _FLUX_TOKENS.value is None
                  else parse_range(_FLUX_TOKENS.value, 'flux_tokens'))
   flux_frames = parse_range(_FLUX_FRAMES.value, 'flux_frames')
   frames = sorted({int(f) for f in _FRAMES.value} | {fixed[0]})
@@ -411,8 +413,7 @@ def main(argv):
                              os.path.join(root, PRETRAIN, 'to'), fixed)
     print(f'pre-trained ({PRETRAINS[_PRETRAIN.value]}) for {_PRETRAIN_STEPS.value} steps: '
           f'{100 * results[0]["fixed_top1"]:.1f}% at {results[0]["budget"]} tokens of the '
-          f'fixed grid '
-          f'({time.perf_counter() - t0:.0f} s so far)')
+          f'fixed grid ({time.perf_counter() - t0:.0f} s so far)')
     if not left_chance(results):
       raise RuntimeError(
           f'the pre-training ({root}/{PRETRAIN}) is at chance on the fixed grid '
