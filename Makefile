@@ -41,7 +41,7 @@ $(VENV)/.aot: requirements-aot.txt | $(BASE)
 	  && touch $@ || echo "libtpu could not be installed: bench aot and tests/test_aot.py are skipped" >&2
 
 demo: $(BASE)
-	$(PY) -m flux_jax.demo
+	$(PY) -m flux_jax.cli.demo
 
 # Test files run on TEST_WORKERS processes (pytest-xdist; a file stays on one worker).
 TEST_WORKERS ?= 2

@@ -19,11 +19,16 @@ setuptools.setup(
     description='FluxViT (ICCV 2025) in JAX/Flax: flexible video training, any token budget',
     long_description=(here / 'README.md').read_text(),
     long_description_content_type='text/markdown',
-    packages=setuptools.find_packages(include=['flux_jax', 'flux_jax.*']),
+    # The repository's configs/ ships inside the package as flux_jax.configs: the recipes
+    # that `--config` and flux_jax.config.recipe name, in a checkout and in a wheel alike.
+    packages=setuptools.find_packages(include=['flux_jax', 'flux_jax.*']) + [
+        'flux_jax.configs', 'flux_jax.configs.sweeps'],
+    package_dir={'flux_jax.configs': 'configs'},
     python_requires='>=3.10',
     install_requires=requirements,
     extras_require={'torch': ['torch>=2.4'], **accelerators},
     entry_points={'console_scripts': [
-        'flux-jax-convert=flux_jax.convert.__main__:run',
-    ]},
+        f'flux-{name.replace("_", "-")}=flux_jax.cli.{name}:run' for name in (
+            'train', 'evaluate', 'predict', 'export', 'convert', 'convert_iv2',
+            'build_dataset', 'demo')]},
 )

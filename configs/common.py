@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from flux_jax import sharding as sharding_lib
+
 ConfigDict = ml_collections.ConfigDict
 
 
@@ -61,6 +63,13 @@ def mixup(enabled: bool = True) -> ConfigDict:
 
 def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ConfigDict:
   return ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor))
+
+
+def sharding(rules=None) -> ConfigDict:
+  """The `config.sharding` block: logical axis name -> mesh axes, as (name, axes) pairs
+  (flux_jax.sharding.DEFAULT_RULES unless given; the model's names are in
+  flux_jax/model/layers.py)."""
+  return ConfigDict(dict(rules=tuple(sharding_lib.DEFAULT_RULES if rules is None else rules)))
 
 
 def parse_arg(arg: str | None, **defaults):

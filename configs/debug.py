@@ -1,9 +1,9 @@
 r"""A seconds-long smoke run: tiny model, tiny synthetic_motion, a few steps.
 
-  python -m flux_jax.main --config configs/debug.py --workdir /tmp/flux_debug
+  python -m flux_jax.cli.train --config configs/debug.py --workdir /tmp/flux_debug
 """
 
-from configs import synthetic_demo
+from flux_jax.configs import synthetic_demo
 
 
 def get_config(arg: str | None = None):

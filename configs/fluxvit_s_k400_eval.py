@@ -3,9 +3,9 @@ r"""FluxViT-S on Kinetics-400: the released model's evaluation setting (SPEC C.6
 Convert the released checkpoint, then evaluate 4 clips x 3 crops at 8 x 224^2 (2048 tokens,
 head 1) and the Token Optimization grids:
 
-  python -m flux_jax.convert --checkpoint fluxvit_small_k400.pth --variant small \
+  python -m flux_jax.cli.convert --checkpoint fluxvit_small_k400.pth --variant small \
       --num_classes 400 --num_frames 24 --out /ckpt/fluxvit_s_k400
-  python -m flux_jax.evaluate --checkpoint /ckpt/fluxvit_s_k400 \
+  python -m flux_jax.cli.evaluate --checkpoint /ckpt/fluxvit_s_k400 \
       --config configs/fluxvit_s_k400_eval.py --budgets 3072,2048,1024,512 \
       --frames 4,8,12,16,24 --resolutions 168,224,252,280 --out /results/fluxvit_s_to
 
@@ -14,7 +14,7 @@ head 1) and the Token Optimization grids:
 
 import ml_collections
 
-from configs import common
+from flux_jax.configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -1,6 +1,6 @@
 r"""The demo: Flux-Multi on synthetic_motion 'panning' from scratch, ~12 minutes on 2 CPU cores.
 
-  python -m flux_jax.main --config configs/synthetic_demo.py --workdir /tmp/flux_demo
+  python -m flux_jax.cli.train --config configs/synthetic_demo.py --workdir /tmp/flux_demo
 
 synthetic_motion has 6 classes (chance 16.7%): a disc moves left/right/up/down or
 grows/shrinks among wandering squares over a panning background ('panning', see
@@ -13,7 +13,7 @@ with the 'easy' and 'panning' tasks, with or without dual patch norm, LayerScale
 0.1 or 1); hence the step count.
 """
 
-from configs import common
+from flux_jax.configs import common
 
 
 def get_config(arg: str | None = None):
@@ -45,6 +45,7 @@ def get_config(arg: str | None = None):
                                        batch_size=32, budgets=(64, 32, 16),
                                        select_split='train[90%:]'))  # unbiased TO
   config.mesh = common.mesh()
+  config.sharding = common.sharding()
   config.checkpoint = common.ConfigDict(dict(every_steps=200, keep=2))
   config.lock()
   return config

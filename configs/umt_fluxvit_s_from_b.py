@@ -9,21 +9,21 @@ token ceiling are unknown for pretraining: the fine-tuning ranges are used.
 Convert the teacher, build the K-Mash CSV dataset (video_csv builder, see
 configs/fluxvit_k400.py), then on a pod:
 
-  python -m flux_jax.convert --checkpoint fluxvit_b.pth --variant base --num_classes 400 \
+  python -m flux_jax.cli.convert --checkpoint fluxvit_b.pth --variant base --num_classes 400 \
       --num_frames 32 --out /ckpt/fluxvit_b
   launch/tpu_pod.sh --name umt --zone us-east5-b --type v5litepod-64 -- \
-      -m flux_jax.main --config configs/umt_fluxvit_s_from_b.py:teacher=/ckpt/fluxvit_b \
+      -m flux_jax.cli.train --config configs/umt_fluxvit_s_from_b.py:teacher=/ckpt/fluxvit_b \
       --workdir gs://bucket/umt_s
 
 `teacher_model=iv2_1b` distils from the InternVideo2-1B ViT instead (layers 23..39,
 SPEC D.2), random unless `teacher=` names a params directory written by
-flux_jax.convert.iv2_teacher (configs/umt_fluxvit_s_from_iv2_1b.py sets it);
+flux_jax.cli.convert_iv2 (configs/umt_fluxvit_s_from_iv2_1b.py sets it);
 `teacher=iv2_1b` alone still means a random IV2-1B. `classes` is the
 label count of the built dataset (the student's classifier is retrained at fine-tuning).
 `runlocal=true`: a tiny random teacher and student, two steps, a shape check.
 """
 
-from configs import common
+from flux_jax.configs import common
 
 
 def distill(**kw) -> common.ConfigDict:
@@ -79,6 +79,7 @@ def get_config(arg: str | None = None):
   config.eval = common.ConfigDict(dict(every_steps=0, frames=8, resolution=224, budget=2048,
                                        head=1, num_clips=1, num_crops=1, batch_size=64))
   config.mesh = common.mesh()
+  config.sharding = common.sharding()
   config.checkpoint = common.ConfigDict(dict(every_steps=1000, keep=3))
   if a['runlocal']:
     config.model.update(variant='tiny', dtype='float32', remat='none', pos_grid=(4, 4, 4))

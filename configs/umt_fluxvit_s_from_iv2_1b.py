@@ -6,9 +6,9 @@ D.4, D.5): the teacher sees 2048 tokens of each flexibly sampled clip, the stude
 
 Convert the released 1B vision encoder once (no torch needed), then train on a pod:
 
-  python -m flux_jax.convert.iv2_teacher --checkpoint 1B_pt.pth --out gs://bucket/iv2_1b
+  python -m flux_jax.cli.convert_iv2 --checkpoint 1B_pt.pth --out gs://bucket/iv2_1b
   launch/tpu_pod.sh --name umt --zone us-east5-b --type v5litepod-64 -- \
-      -m flux_jax.main --config configs/umt_fluxvit_s_from_iv2_1b.py:teacher=gs://bucket/iv2_1b \
+      -m flux_jax.cli.train --config configs/umt_fluxvit_s_from_iv2_1b.py:teacher=gs://bucket/iv2_1b \
       --workdir gs://bucket/umt_s_iv2
 
 Without `teacher=` the teacher is a random IV2-1B (shape and memory checks only):
@@ -17,7 +17,7 @@ Without `teacher=` the teacher is a random IV2-1B (shape and memory checks only)
       --topology v5p:2x2x1 --batch_per_chip 16
 """
 
-from configs import umt_fluxvit_s_from_b
+from flux_jax.configs import umt_fluxvit_s_from_b
 
 
 def get_config(arg: str | None = None):

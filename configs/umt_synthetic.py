@@ -2,8 +2,8 @@ r"""Flux-UMT on synthetic_motion: distil a small student from a trained syntheti
 
 The teacher is a finished synthetic_demo run (its WORKDIR/params); minutes on 2 CPU cores:
 
-  python -m flux_jax.main --config configs/synthetic_demo.py --workdir /tmp/flux_demo
-  python -m flux_jax.main --config configs/umt_synthetic.py:teacher=/tmp/flux_demo/params \
+  python -m flux_jax.cli.train --config configs/synthetic_demo.py --workdir /tmp/flux_demo
+  python -m flux_jax.cli.train --config configs/umt_synthetic.py:teacher=/tmp/flux_demo/params \
       --workdir /tmp/flux_umt
 
 The student (WORKDIR/params) then fine-tunes with Flux-Multi through `config.init`;
@@ -11,9 +11,9 @@ flux_jax/experiments/umt_synthetic.py runs the whole chain and a from-scratch ba
 Teacher 128 tokens, students 128/96/64 (the 2048/1536/1024 ratios of SPEC D.4).
 """
 
-from configs import common
-from configs import synthetic_demo
-from configs import umt_fluxvit_s_from_b
+from flux_jax.configs import common
+from flux_jax.configs import synthetic_demo
+from flux_jax.configs import umt_fluxvit_s_from_b
 
 # The student: synthetic_demo's layout at two thirds of the width.
 STUDENT = dict(embed_dim=64, depth=4, num_heads=2, attn_pool_num_heads=4, clip_embed_dim=64)

@@ -332,7 +332,7 @@ def init_from(directory: str | os.PathLike, params: dict) -> dict:
   """`params` (freshly initialised, any sharding) with the values of a params checkpoint.
 
   The `--init` of a run: fine-tuning starts from a converted official checkpoint
-  (`save_params` / `python -m flux_jax.convert`) or from another run's params. Arrays keep
+  (`save_params` / `python -m flux_jax.cli.convert`) or from another run's params. Arrays keep
   the shardings of `params`. Leaves that stay at their init, named in a log line:
   classifier leaves (those with a 'classes' axis) whose class count differs from the
   checkpoint's, and the modules of heads the checkpoint lacks (a Flux-Multi run started

@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 from typing import Callable, TypeVar
 
-from absl import flags
 from absl import logging
 import jax
 
@@ -54,27 +53,6 @@ def process_zero_first(name: str, fn: Callable[[], _T], timeout_s: float = WAIT_
 
 # --accelerator: the platform a launcher expects, and the jax extras that provide it.
 ACCELERATOR_EXTRAS = {'tpu': ('tpu',), 'gpu': ('cuda12', 'cuda13')}
-
-
-def define_flags():
-  """The job flags of the entry points (flux_jax.main, flux_jax.evaluate)."""
-  flags.DEFINE_bool('multihost', False, 'Join a multi-host job: jax.distributed.initialize() '
-                    'finds the peers (TPU pod, SLURM) or takes --coordinator_address '
-                    '(launch/tpu_pod.sh, slurm_gpu.sbatch and local_multihost.sh set it).')
-  flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 of a job that '
-                      'the environment does not describe (launch/local_multihost.sh).')
-  flags.DEFINE_integer('num_processes', None, 'Processes in the job (with '
-                       '--coordinator_address).')
-  flags.DEFINE_integer('process_id', None, 'This process (with --coordinator_address).')
-  flags.DEFINE_enum('accelerator', '', ['', 'tpu', 'gpu'], 'Refuse to run unless jax runs '
-                    'on this platform (the launchers set it).')
-
-
-def start_from_flags() -> str:
-  """`start` with the flags of `define_flags`."""
-  f = flags.FLAGS
-  return start(f.multihost, f.accelerator, coordinator_address=f.coordinator_address,
-               num_processes=f.num_processes, process_id=f.process_id)
 
 
 def start(multihost: bool, accelerator: str = '', *, coordinator_address: str | None = None,

@@ -10,15 +10,23 @@ Every parameter and every activation that crosses a block carries logical axis n
   embed, clip_embed         'fsdp'             ZeRO-3: every D-wide (and projector-wide)
                                                weight is split over fsdp and gathered
                                                per use
-  mlp                       'tensor'           Megatron MLP: fc1 columns, fc2 rows
+  mlp, activation_mlp       'tensor'           Megatron MLP: fc1 columns, fc2 rows, the
+                                               hidden activations split alike
   heads, joined_kv,         'tensor'           attention and pooling split by head (the
   activation_heads                             splash kernel's shard_map follows it)
   everything else           replicated         kv, qkv, patch, pos_t/h/w (small), classes
                                                (the classifier is <0.5M params; whole
                                                logits keep the softmax local),
-                                               activation_length, activation_embed
+                                               activation_length, activation_embed,
+                                               activation_kv
 
-A mesh axis only splits a dimension it divides: `fit_spec` drops it (replicates that
+A run's rules are `config.sharding.rules` (configs/common.py starts them from
+DEFAULT_RULES, the one default); e.g. ('activation_length', 'tensor') asks for sequence
+sharding of the tokens between blocks. `tracing_context` enters them as flax's
+`nn.logical_axis_rules`, so the activations' constraints and attention's shard_map follow
+the same rules as the parameters.
+
+A mesh axis only splits a dimension it divides: `layers.fit_spec` drops it (replicates that
 dimension) otherwise, so tiny test models and odd class counts work on any mesh. One
 array never uses a mesh axis twice; a logical name repeated in one array (the decoders'
 clip_embed x clip_embed kernel) is sharded at its first dimension only.
@@ -35,7 +43,6 @@ import flax.linen as nn
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from flux_jax.model import attention
 from flux_jax.model import layers
 from flux_jax.model.fluxvit import FluxViT, abstract_params, param_specs
 
@@ -46,13 +53,14 @@ Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
 DEFAULT_RULES: Rules = (
     ('batch', BATCH_AXES),
-    ('activation_batch', BATCH_AXES),
+    (layers.ACT_BATCH, BATCH_AXES),
     (layers.EMBED, 'fsdp'),
     (layers.CLIP, 'fsdp'),
     (layers.MLP, 'tensor'),
     (layers.HEADS, 'tensor'),
     (layers.JOINED_KV, 'tensor'),
-    (attention.ACTIVATION_HEADS, 'tensor'),
+    (layers.ACT_HEADS, 'tensor'),
+    (layers.ACT_MLP, 'tensor'),
 )
 
 
@@ -129,24 +137,6 @@ def logical_to_mesh_spec(logical: P, rules: Sequence[Sequence[Any]] = DEFAULT_RU
   return nn.logical_to_mesh_axes(names, _canonical_rules(rules))
 
 
-def fit_spec(spec: P, shape: Sequence[int], mesh: jax.sharding.Mesh) -> P:
-  """Drops mesh axes that do not divide their dimension.
-
-  For a dimension sharded over several axes, the longest prefix of them whose sizes
-  multiply to a divisor is kept: a batch of 2 on ('data', 'fsdp') = (2, 2) keeps 'data'.
-  """
-  out = []
-  for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-    axes = entry if isinstance(entry, tuple) else (() if entry is None else (entry,))
-    kept = ()
-    for axis in axes:
-      if dim % (math.prod(mesh.shape[a] for a in kept) * mesh.shape[axis]):
-        break
-      kept += (axis,)
-    out.append(kept if isinstance(entry, tuple) and kept else kept[0] if kept else None)
-  return P(*out)
-
-
 def _padded(spec: P, ndim: int) -> tuple:
   return tuple(spec) + (None,) * (ndim - len(spec))
 
@@ -168,7 +158,7 @@ def logical_shardings(logical_specs, abstract_tree, mesh: jax.sharding.Mesh,
 
   def one(path, logical, leaf):
     wanted = logical_to_mesh_spec(P() if logical is None else logical, rules)
-    spec = fit_spec(wanted, leaf.shape, mesh)
+    spec = layers.fit_spec(wanted, leaf.shape, mesh)
     if _padded(spec, len(leaf.shape)) != _padded(wanted, len(leaf.shape)):
       fallbacks.append(f'{jax.tree_util.keystr(path, simple=True, separator="/")} '
                        f'{tuple(leaf.shape)} {tuple(wanted)} -> {tuple(spec)}')
@@ -186,16 +176,23 @@ def logical_shardings(logical_specs, abstract_tree, mesh: jax.sharding.Mesh,
 def tracing_context(mesh: jax.sharding.Mesh, rules: Sequence[Sequence[Any]] = DEFAULT_RULES):
   """The mesh and logical rules while a sharded step is traced and lowered.
 
-  Inside it attention='auto'/'splash' sees the mesh's platform and runs the splash
-  kernel under `jax.shard_map`, batch and heads split as the rules split
-  'activation_batch' and 'activation_heads'. Batches traced inside must divide them.
+  Inside it the activations' logical constraints (`layers.constrain`) take effect, and
+  attention='auto'/'splash' sees the mesh's platform and runs the splash kernel under
+  `jax.shard_map`, batch and heads split as the rules split 'activation_batch' and
+  'activation_heads'. Batches traced inside must divide them.
   """
-  def axes(name):
-    entry = logical_to_mesh_spec(P(name), rules)[0]
-    return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
-  with jax.set_mesh(mesh), attention.mesh_axes(axes('activation_batch'),
-                                                axes(attention.ACTIVATION_HEADS)):
+  rules = _canonical_rules(rules)
+  _check_rules(rules, mesh)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     yield
+
+
+def rules_of(config) -> Rules:
+  """The logical-axis rules of a config (`config.sharding.rules`), DEFAULT_RULES if it
+  names none."""
+  block = config.get('sharding') if hasattr(config, 'get') else None
+  rules = None if block is None else block.get('rules')
+  return DEFAULT_RULES if rules is None else _canonical_rules(rules)
 
 
 def param_shardings(model: FluxViT, mesh: jax.sharding.Mesh,

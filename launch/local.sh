@@ -2,7 +2,7 @@
 # Runs a flux_jax entry point on this machine inside the project's .venv.
 #   launch/local.sh [--dry-run] MODULE [ARGS...]
 #   launch/local.sh flux_jax.bench forward --batch=2
-#   ACCEL=cuda12 launch/local.sh flux_jax.main --config configs/debug.py --workdir /tmp/d
+#   ACCEL=cuda12 launch/local.sh flux_jax.cli.train --config configs/debug.py --workdir /tmp/d
 # ACCEL (cpu unless told; tpu, cuda12, cuda13) picks the jax the venv is built with; with an
 # accelerator the command is given --accelerator so that it refuses to run on the CPU.
 # launch/tpu_pod.sh and launch/slurm_gpu.sbatch start the same command on every host.

@@ -3,7 +3,7 @@
 # with its share of fake CPU devices, joined through an explicit coordinator.
 #
 #   launch/local_multihost.sh [--devices TOTAL] [--port P] [--dry-run] N MODULE [ARGS...]
-#   launch/local_multihost.sh --devices 4 2 flux_jax.main --config configs/debug.py \
+#   launch/local_multihost.sh --devices 4 2 flux_jax.cli.train --config configs/debug.py \
 #       --workdir /tmp/flux_2x2
 #
 # Process i runs `.venv/bin/python -m MODULE ARGS --multihost --coordinator_address=

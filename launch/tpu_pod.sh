@@ -3,7 +3,7 @@
 #
 #   launch/tpu_pod.sh --name my-tpu --zone us-east5-b --type v5litepod-64 \
 #       [--version tpu-ubuntu2204-base] [--project P] [--dry-run] \
-#       -- -m flux_jax.main --config configs/fluxvit_k400.py:variant=small,mode=multi \
+#       -- -m flux_jax.cli.train --config configs/fluxvit_k400.py:variant=small,mode=multi \
 #       --workdir gs://bucket/run
 #
 # Creates the slice if it does not exist; copies the checkout's tracked files (git

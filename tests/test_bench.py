@@ -2,8 +2,8 @@
 
 import pytest
 
-from configs import synthetic_demo
-from configs import umt_fluxvit_s_from_b
+from flux_jax.configs import synthetic_demo
+from flux_jax.configs import umt_fluxvit_s_from_b
 from flux_jax.bench import distill
 from flux_jax.bench import forward
 from flux_jax.bench import step

@@ -5,7 +5,7 @@ import math
 import pytest
 from absl import app
 
-from configs import synthetic_demo
+from flux_jax.configs import synthetic_demo
 from flux_jax.eval.budgets import standard_error
 from flux_jax.experiments import budget_robustness as br
 from flux_jax.experiments.common import parse_range

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import debug
+from flux_jax.configs import debug
 from flux_jax import sharding
 from flux_jax.data.builders import synthetic_motion
 from flux_jax.eval import budgets as budgets_lib

@@ -109,7 +109,7 @@ def test_load_errors(tiny, tmp_path):
 
 def _cli(*args):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  return subprocess.run([sys.executable, '-m', 'flux_jax.convert', *map(str, args)],
+  return subprocess.run([sys.executable, '-m', 'flux_jax.cli.convert', *map(str, args)],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 

@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from configs import common
+from flux_jax.configs import common
 from flux_jax.model import make_model
 
 CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / 'configs').glob('*.py')
@@ -14,7 +14,7 @@ CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / 'configs')
 
 @pytest.mark.parametrize('name', CONFIGS)
 def test_config_builds_a_model(name):
-  config = importlib.import_module(f'configs.{name}').get_config()
+  config = importlib.import_module(f'flux_jax.configs.{name}').get_config()
   model = make_model(config.model)
   assert model.num_classes == config.model.num_classes
   with pytest.raises(AttributeError):

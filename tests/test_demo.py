@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_demo_trains_then_prints_and_saves_the_token_optimization_table(tmp_path):
   workdir = tmp_path / 'demo'
   done = subprocess.run(
-      [sys.executable, '-m', 'flux_jax.demo', f'--workdir={workdir}', '--size=tiny',
+      [sys.executable, '-m', 'flux_jax.cli.demo', f'--workdir={workdir}', '--size=tiny',
        '--steps=2', '--frames=4', '--resolutions=56'],
       cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert done.returncode == 0, done.stderr[-3000:]

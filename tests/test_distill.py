@@ -212,7 +212,7 @@ def test_one_pass_per_step_with_student_selection(models):
 
 
 def test_sharded_step_equals_one_device(models):
-  from flux_jax.train.loop import abstract_state  # pylint: disable=g-import-not-at-top
+  from flux_jax.train.program import abstract_state  # pylint: disable=g-import-not-at-top
   student_model, teacher_model, tparams = models
   student, teacher, sparams = _setup(student_model, teacher_model)
   tx = optax.sgd(0.1)
@@ -247,10 +247,10 @@ def test_distill_run_resumes_and_exports_the_student(tmp_path_factory, tmp_path)
   with the recorded teacher, refuse another, export a FluxViT checkpoint for init_from."""
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
-  from configs import umt_synthetic  # pylint: disable=g-import-not-at-top
+  from flux_jax.configs import umt_synthetic  # pylint: disable=g-import-not-at-top
   from flux_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from flux_jax.model.fluxvit import model_config  # pylint: disable=g-import-not-at-top
-  from flux_jax.train.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from flux_jax.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   teacher_model = make_model(dict(TINY, num_classes=6))
   teacher_dir = str(tmp_path / 'teacher')

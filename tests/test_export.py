@@ -93,7 +93,7 @@ def test_command_line_writes_one_artifact_per_budget(tiny, tmp_path):
   save_params(tmp_path / 'ckpt', params, model_config(model),
               metadata=dict(class_names=NAMES))
   run = subprocess.run(
-      [sys.executable, '-m', 'flux_jax.export', '--checkpoint', str(tmp_path / 'ckpt'),
+      [sys.executable, '-m', 'flux_jax.cli.export', '--checkpoint', str(tmp_path / 'ckpt'),
        '--budget', '40,16', '--n_max', str(N_MAX), '--out', str(tmp_path / 'out')],
       cwd=REPO, capture_output=True, text=True, timeout=180)
   assert run.returncode == 0, run.stderr

@@ -160,7 +160,7 @@ def test_cli_writes_a_teacher_checkpoint_read_without_torch(tmp_path):
   hide_torch.mkdir()
   (hide_torch / 'torch.py').write_text('raise ImportError("torch is hidden in this test")\n')
   env = dict(os.environ, PYTHONPATH=f'{hide_torch}{os.pathsep}{ROOT}')
-  subprocess.run([sys.executable, '-m', 'flux_jax.convert.iv2_teacher', '--checkpoint',
+  subprocess.run([sys.executable, '-m', 'flux_jax.cli.convert_iv2', '--checkpoint',
                   str(tmp_path / 'iv2.pth'), '--out', str(tmp_path / 'teacher'),
                   '--num_frames', '4', '--checkpoint_frames', '4', '--layers', '4,2,1',
                   '--model_overrides', json.dumps(SHAPE)], check=True, env=env, cwd=ROOT,
@@ -175,7 +175,7 @@ def test_cli_writes_a_teacher_checkpoint_read_without_torch(tmp_path):
 
 
 def test_the_released_distillation_config_has_the_paper_shape():
-  from configs import umt_fluxvit_s_from_iv2_1b  # pylint: disable=g-import-not-at-top
+  from flux_jax.configs import umt_fluxvit_s_from_iv2_1b  # pylint: disable=g-import-not-at-top
   from flux_jax.train import distill  # pylint: disable=g-import-not-at-top
   config = umt_fluxvit_s_from_iv2_1b.get_config()
   teacher = distill.make_teacher(config.distill, distill.teacher_model(config.distill))

@@ -32,7 +32,7 @@ def test_local_dry_run_builds_the_cpu_venv_and_prints_the_command():
 
 def test_local_with_an_accelerator_asks_for_it():
   env = dict(os.environ, ACCEL='cuda12')
-  setup, cmd = _run(ROOT / 'launch/local.sh', '--dry-run', 'flux_jax.main', '--config',
+  setup, cmd = _run(ROOT / 'launch/local.sh', '--dry-run', 'flux_jax.cli.train', '--config',
                     'configs/debug.py', env=env).stdout.strip().splitlines()
   assert setup.strip() == 'make -s .venv/.base ACCEL=cuda12'
   assert shlex.split(cmd)[-1] == '--accelerator=gpu'
@@ -48,7 +48,7 @@ def test_local_without_module_is_a_usage_error():
 
 def test_tpu_pod_dry_run_copies_tracked_files_and_installs_tpu_jax_on_all_workers():
   out = _run(ROOT / 'launch/tpu_pod.sh', '--name', 'flux', '--zone', 'us-east5-b', '--type',
-             'v5litepod-16', '--dry-run', '--', '-m', 'flux_jax.main', '--config',
+             'v5litepod-16', '--dry-run', '--', '-m', 'flux_jax.cli.train', '--config',
              'configs/debug.py', env=dict(os.environ, TMPDIR='/tmp'))
   create, archive, scp, ssh = [shlex.split(line) for line in out.stdout.strip().splitlines()]
   assert create[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'create', 'flux']
@@ -63,16 +63,16 @@ def test_tpu_pod_dry_run_copies_tracked_files_and_installs_tpu_jax_on_all_worker
   assert 'tar -xzf ~/flux_jax.tar.gz -C ~/flux_jax' in remote
   assert '! -name .venv' in remote  # a worker's venv survives a relaunch
   assert 'make -s .venv/.base ACCEL=tpu && ' in remote
-  assert remote.endswith('.venv/bin/python -m flux_jax.main --config configs/debug.py '
+  assert remote.endswith('.venv/bin/python -m flux_jax.cli.train --config configs/debug.py '
                          '--multihost --accelerator=tpu')
 
 
 def test_slurm_dry_run_installs_cuda_jax_and_prints_srun():
   env = {'DRY_RUN': '1', 'PATH': '/usr/bin:/bin'}
-  setup, srun = _run('bash', ROOT / 'launch/slurm_gpu.sbatch', '-m', 'flux_jax.main',
+  setup, srun = _run('bash', ROOT / 'launch/slurm_gpu.sbatch', '-m', 'flux_jax.cli.train',
                      '--workdir', '/tmp/w', env=env).stdout.strip().splitlines()
   assert setup.strip() == 'make -s .venv/.base ACCEL=cuda12'
-  assert srun.strip() == ('srun --ntasks-per-node=1 .venv/bin/python -m flux_jax.main '
+  assert srun.strip() == ('srun --ntasks-per-node=1 .venv/bin/python -m flux_jax.cli.train '
                           '--workdir /tmp/w --multihost --accelerator=gpu')
   setup = _run('bash', ROOT / 'launch/slurm_gpu.sbatch', '-m', 'x',
                env=dict(env, ACCEL='cuda13')).stdout.splitlines()[0]
@@ -131,7 +131,7 @@ def test_an_accelerator_run_refuses_the_cpu_and_names_the_jax_extra():
 
 
 def test_main_refuses_before_building_anything(tmp_path):
-  out = subprocess.run([sys.executable, '-m', 'flux_jax.main', '--config', 'configs/debug.py',
+  out = subprocess.run([sys.executable, '-m', 'flux_jax.cli.train', '--config', 'configs/debug.py',
                         '--workdir', str(tmp_path / 'w'), '--accelerator=gpu',
                         f'--config.data.data_dir={tmp_path / "data"}'], cwd=ROOT,
                        capture_output=True, text=True, check=False, timeout=300)

@@ -9,9 +9,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import debug
+from flux_jax.configs import debug
 from flux_jax import checkpoint
-from flux_jax.train.loop import train_and_evaluate
+from flux_jax.loop import train_and_evaluate
 
 
 @pytest.fixture(scope='module')

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from flux_jax.convert.official import load_official_checkpoint
-from flux_jax.inference import classify
+from flux_jax.eval.predict import classify
 from flux_jax.tokens import patchify
 import reference_torch
 

@@ -23,7 +23,7 @@ ROOT = pathlib.Path(__file__).parents[1]
 def _train(processes: int, workdir, data_dir, *flags):
   # Flux-Single and no evaluation keep the four runs short; the step and the input are the
   # loop's. The runs of one topology share compiled programs (jax's persistent cache).
-  args = ['flux_jax.main', '--config', 'configs/debug.py', '--workdir', str(workdir),
+  args = ['flux_jax.cli.train', '--config', 'configs/debug.py', '--workdir', str(workdir),
           f'--config.data.data_dir={data_dir}', '--config.eval.every_steps=-1',
           '--config.train.mode=single', *flags]
   env = dict(os.environ, JAX_PLATFORMS='cpu',

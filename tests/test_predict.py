@@ -132,7 +132,7 @@ def test_errors_name_the_file_or_value(files, video, kwargs, message):
 
 def test_command_line(files):
   run = subprocess.run(
-      [sys.executable, '-m', 'flux_jax.eval.predict', str(files.video), '--checkpoint',
+      [sys.executable, '-m', 'flux_jax.cli.predict', str(files.video), '--checkpoint',
        str(files.named), '--budget', '32', '--top_k', '2'],
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert run.returncode == 0, run.stderr

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from flux_jax import sharding
-from flux_jax.model import dummy_tokens, init_params, make_model, param_specs
+from flux_jax.model import dummy_tokens, init_params, layers, make_model, param_specs
 from flux_jax.tokens import patchify
 
 
@@ -70,10 +70,10 @@ def test_make_mesh_errors(shape, message):
 
 def test_fit_spec_drops_axes_that_do_not_divide(mesh):
   batch = P(('data', 'fsdp'))
-  assert sharding.fit_spec(batch, (8,), mesh) == batch
-  assert sharding.fit_spec(batch, (2,), mesh) == P(('data',))  # longest dividing prefix
-  assert sharding.fit_spec(batch, (3,), mesh) == P(None)
-  assert sharding.fit_spec(P('fsdp', 'tensor'), (4, 5), mesh) == P('fsdp', None)
+  assert layers.fit_spec(batch, (8,), mesh) == batch
+  assert layers.fit_spec(batch, (2,), mesh) == P(('data',))  # longest dividing prefix
+  assert layers.fit_spec(batch, (3,), mesh) == P(None)
+  assert layers.fit_spec(P('fsdp', 'tensor'), (4, 5), mesh) == P('fsdp', None)
 
 
 def test_logical_to_mesh_spec_uses_an_axis_once():
@@ -165,3 +165,30 @@ def test_shard_init_gives_the_requested_shardings(tiny, params, mesh):
   replicated = sharding.shard_init(lambda: {'w': jax.numpy.ones((4, 4))},
                                    {'w': sharding.replicated(mesh)})
   assert replicated['w'].sharding.is_fully_replicated
+
+
+def test_rules_in_context_shard_the_activations(tiny, params, mesh):
+  """The rules reach the activations: block outputs follow 'activation_length' (sequence
+  sharding asked for by a rule) in the compiled program, attention's q/k/v carry 'tensor'
+  on their head axis; without the context nothing constrains them."""
+  video = np.random.default_rng(0).integers(0, 256, (4, 4, 28, 42, 3), dtype=np.uint8)
+  tokens = jax.device_put(patchify(video, patch_size=14), sharding.batch_sharding(mesh))
+  rules = sharding.DEFAULT_RULES + (('activation_length', 'tensor'),)
+
+  def layers_of(p, t):  # cls + 15 kept tokens = 16 rows, divisible by tensor = 2
+    return tiny.apply({'params': p}, t, budget=15, return_layers=(0, 1))[1]['layers']
+
+  with sharding.tracing_context(mesh, rules):
+    lowered = jax.jit(layers_of).lower(params, tokens)
+    compiled = lowered.compile()
+  want = NamedSharding(mesh, P(None, ('data', 'fsdp'), 'tensor', None))
+  assert compiled.output_shardings.is_equivalent_to(want, 4), compiled.output_shardings
+  text = lowered.as_text()
+  heads = re.findall(r'sharding_constraint[^\n]*\[\{"data", "fsdp"\}, \{\}, \{"tensor"\}, \{\}\]',
+                     text)
+  assert len(heads) >= 3 * tiny.depth, 'q, k, v of every block split by head over tensor'
+  # The mesh without the rules: nothing constrains. A new function, as jit's trace cache
+  # does not key on flax's rules context.
+  with jax.set_mesh(mesh):
+    text = jax.jit(lambda p, t: layers_of(p, t)).lower(params, tokens).as_text()
+  assert 'sharding_constraint' not in text

@@ -8,6 +8,7 @@ import pytest
 from flux_jax.data import decode
 from flux_jax.data import pipeline
 from flux_jax.data.to_device import global_batches
+from flux_jax.eval.multiview import make_eval_step
 from flux_jax.model import init_params, make_model
 from flux_jax.tokens.plan import PlanSampler
 from flux_jax.train import steps
@@ -94,14 +95,14 @@ def test_single_step_loss_is_the_cross_entropy(source, model):
 def test_eval_step_probabilities(source, model):
   params = init_params(model, jax.random.key(0))
   tokens = _batches(source, 1)[0]
-  out = jax.jit(steps.make_eval_step(model, budget=16, head=2))(params, tokens)
+  out = jax.jit(make_eval_step(model, budget=16, head=2))(params, tokens)
   np.testing.assert_allclose(np.asarray(out['probs']).sum(-1), 1.0, rtol=1e-5)
   assert np.asarray(out['count']).all()
 
 
 def test_sharded_flux_multi_step_equals_one_device(source, model):
   from flux_jax import sharding  # pylint: disable=g-import-not-at-top
-  from flux_jax.train.loop import abstract_state  # pylint: disable=g-import-not-at-top
+  from flux_jax.train.program import abstract_state  # pylint: disable=g-import-not-at-top
   # SGD keeps the update linear in the gradient: Adam's m / sqrt(v) amplifies the
   # reduction-order noise of near-zero gradients, which is not what this test is about.
   tx = optax.sgd(0.1)

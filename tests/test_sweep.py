@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from flux_jax import sweep
+from flux_jax.cli import sweep
 
 ROOT = pathlib.Path(__file__).parents[1]
 DEMO = 'configs/synthetic_demo.py:steps=7'
@@ -26,7 +26,7 @@ def _at_root(monkeypatch):
 
 def write_sweep(tmp_path, points, config=DEMO):
   path = tmp_path / 'sweep.py'
-  path.write_text('from flux_jax import sweep\n\n\ndef get_sweep(arg=None):\n'
+  path.write_text('from flux_jax.cli import sweep\n\n\ndef get_sweep(arg=None):\n'
                   f'  return sweep.Sweep({config!r}, {points!r})\n')
   return str(path)
 
@@ -47,14 +47,14 @@ def test_commands_are_printed_exactly_and_quoted_for_the_shell(tmp_path, capsys)
       {'data.data_dir': "/data/my tfds's", 'flux.frames': [4, 8, 2], 'train.steps': 3}])
   lines = run_main(capsys, path, '--workdir', '/runs/s')
   assert lines == [
-      '.venv/bin/python -m flux_jax.main --config configs/synthetic_demo.py:steps=7 '
+      '.venv/bin/python -m flux_jax.cli.train --config configs/synthetic_demo.py:steps=7 '
       '--workdir /runs/s/0_lr=0.003,budgets=256-128,enabled=true --config.optim.lr=0.003 '
       "'--config.train.budgets=(256,128)' --config.mixup.enabled=true",
-      '.venv/bin/python -m flux_jax.main --config configs/synthetic_demo.py:steps=7 '
+      '.venv/bin/python -m flux_jax.cli.train --config configs/synthetic_demo.py:steps=7 '
       '--workdir /runs/s/1_data_dir=data-my-tfds-s,frames=4-8-2,steps=3 '
       "'--config.data.data_dir=/data/my tfds'\"'\"'s' '--config.flux.frames=(4,8,2)' "
       '--config.train.steps=3']
-  # The shell hands flux_jax.main arguments that build exactly the intended config.
+  # The shell hands flux_jax.cli.train arguments that build exactly the intended config.
   argv = shlex.split(lines[1])
   config = sweep.parse_config(argv[argv.index('--config') + 1], argv[7:])
   assert config.data.data_dir == "/data/my tfds's" and config.flux.frames == (4, 8, 2)
@@ -154,11 +154,11 @@ def test_local_launch_runs_points_in_turn_and_stops_at_a_failure(tmp_path, capsy
 
 
 def test_example_sweep_from_the_command_line():
-  out = subprocess.run([sys.executable, '-m', 'flux_jax.sweep',
+  out = subprocess.run([sys.executable, '-m', 'flux_jax.cli.sweep',
                         'configs/sweeps/synthetic_demo_lr.py:steps=50', '--workdir', 'w'],
                        cwd=ROOT, capture_output=True, text=True, check=True)
   lines = out.stdout.splitlines()
   assert len(lines) == 6
-  assert lines[5] == ('.venv/bin/python -m flux_jax.main --config '
+  assert lines[5] == ('.venv/bin/python -m flux_jax.cli.train --config '
                       'configs/synthetic_demo.py:steps=50 --workdir w/5_lr=0.003,mode=single '
                       '--config.optim.lr=0.003 --config.train.mode=single')

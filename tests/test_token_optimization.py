@@ -10,7 +10,7 @@ import sys
 import jax
 import pytest
 
-from configs import debug
+from flux_jax.configs import debug
 from flux_jax import checkpoint
 from flux_jax.data.builders import synthetic_motion
 from flux_jax.eval import token_optimization as to_lib
@@ -211,7 +211,7 @@ def test_bad_arguments_name_what_is_wrong(run, tmp_path):
 
 def test_cli_with_config_for_a_converted_checkpoint(run, tmp_path):
   out = str(tmp_path / 'cli')
-  args = [sys.executable, '-m', 'flux_jax.evaluate', f'--checkpoint={run["converted"]}',
+  args = [sys.executable, '-m', 'flux_jax.cli.evaluate', f'--checkpoint={run["converted"]}',
           '--config=configs/debug.py', f'--config.data.data_dir={run["data_dir"]}',
           '--budgets=16', '--frames=4', '--resolutions=28,56',
           f'--plain_resolution={PLAIN_RESOLUTION}', '--num_crops=2', '--batch_size=8',

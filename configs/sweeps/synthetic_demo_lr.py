@@ -1,13 +1,13 @@
 r"""Learning rate x Flux-Multi/Single on the synthetic demo: 6 runs of a few minutes each.
 
-  python -m flux_jax.sweep configs/sweeps/synthetic_demo_lr.py --workdir /tmp/flux_sweep \
+  python -m flux_jax.cli.sweep configs/sweeps/synthetic_demo_lr.py --workdir /tmp/flux_sweep \
       [--launch=local] [--only=0,3]
 
 `arg`: `configs/sweeps/synthetic_demo_lr.py:steps=200` sets the base config's steps.
 """
 
-from configs import common
-from flux_jax import sweep
+from flux_jax.configs import common
+from flux_jax.cli import sweep
 
 
 def get_sweep(arg: str | None = None) -> sweep.Sweep:

@@ -20,26 +20,29 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-flags.DEFINE_string('variant', 'small', 'FluxViT variant.')
-flags.DEFINE_integer('batch', 2, 'Videos (forward) or clips (pipeline) per batch.')
-flags.DEFINE_integer('repeats', 3, 'forward, step: timed runs per point (median reported).')
-flags.DEFINE_string('dtype', 'float32', 'forward, step: compute dtype.')
-flags.DEFINE_multi_string('budgets', None, 'step: one budget set per flag, largest first, '
-                          'e.g. --budgets=3072,2048,1024 --budgets=2048 (default: the '
-                          "variant's sets in flux_jax.bench.step.SETUPS).")
-flags.DEFINE_string('remat', 'none', "step: the model's remat policy: none, full (as "
-                    'configs/fluxvit_k400.py), dots_saveable, dots_with_no_batch_dims_saveable.')
-flags.DEFINE_string('attention', 'auto', "forward, step: the model's attention: auto, xla, "
-                    'chunked, splash, cudnn.')
-config_flags.DEFINE_config_file('config', None, 'distill: a Flux-UMT config; aot: any training '
-                                'config.', lock_config=True)
-flags.DEFINE_integer('frames', None, 'distill: clip frames (default: the config\'s eval grid).')
-flags.DEFINE_integer('resolution', None, 'distill: clip resolution (default: the eval grid).')
-flags.DEFINE_integer('steps', 12, 'pipeline: batches timed per setting.')
-flags.DEFINE_string('topology', None, "aot: TPU topology, e.g. 'v5e:2x4' (v5e-8), 'v5p:2x2x1'.")
-flags.DEFINE_integer('batch_per_chip', None, 'aot: clips per chip (default: the config\'s '
-                     'global batch over the chips).')
-flags.DEFINE_bool('json', False, 'aot: print the report as one JSON object on the last line.')
+def _define_flags() -> None:
+  """The command line's flags, defined when run as a program: importing the module
+  adds no global flag."""
+  flags.DEFINE_string('variant', 'small', 'FluxViT variant.')
+  flags.DEFINE_integer('batch', 2, 'Videos (forward) or clips (pipeline) per batch.')
+  flags.DEFINE_integer('repeats', 3, 'forward, step: timed runs per point (median reported).')
+  flags.DEFINE_string('dtype', 'float32', 'forward, step: compute dtype.')
+  flags.DEFINE_multi_string('budgets', None, 'step: one budget set per flag, largest first, '
+                            'e.g. --budgets=3072,2048,1024 --budgets=2048 (default: the '
+                            "variant's sets in flux_jax.bench.step.SETUPS).")
+  flags.DEFINE_string('remat', 'none', "step: the model's remat policy: none, full (as "
+                      'configs/fluxvit_k400.py), dots_saveable, dots_with_no_batch_dims_saveable.')
+  flags.DEFINE_string('attention', 'auto', "forward, step: the model's attention: auto, xla, "
+                      'chunked, splash, cudnn.')
+  config_flags.DEFINE_config_file('config', None, 'distill: a Flux-UMT config; aot: any training '
+                                  'config.', lock_config=True)
+  flags.DEFINE_integer('frames', None, 'distill: clip frames (default: the config\'s eval grid).')
+  flags.DEFINE_integer('resolution', None, 'distill: clip resolution (default: the eval grid).')
+  flags.DEFINE_integer('steps', 12, 'pipeline: batches timed per setting.')
+  flags.DEFINE_string('topology', None, "aot: TPU topology, e.g. 'v5e:2x4' (v5e-8), 'v5p:2x2x1'.")
+  flags.DEFINE_integer('batch_per_chip', None, 'aot: clips per chip (default: the config\'s '
+                       'global batch over the chips).')
+  flags.DEFINE_bool('json', False, 'aot: print the report as one JSON object on the last line.')
 FLAGS = flags.FLAGS
 
 BENCHES = ('forward', 'step', 'distill', 'pipeline', 'aot')
@@ -112,5 +115,10 @@ def _aot():
     print(json.dumps(report))
 
 
-if __name__ == '__main__':
+def run() -> None:
+  _define_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

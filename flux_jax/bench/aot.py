@@ -3,7 +3,7 @@
   python -m flux_jax.bench aot --config configs/fluxvit_k400.py:variant=small,mode=multi \
       --topology v5e:2x4 [--batch_per_chip 16] [--json]
 
-What `flux_jax.main` would compile for the config (loop.train_program: the same step
+What `flux_jax.cli.train` would compile for the config (train.program.train_program: the same step
 builder, shardings, donation, dtype, remat, attention; Flux-Multi, Flux-Single or Flux-UMT
 with its teacher), lowered with ShapeDtypeStructs carrying NamedShardings over the TPU
 devices of `jax.experimental.topologies` and compiled by libtpu, as MaxText's
@@ -140,11 +140,11 @@ def model_flops(config, global_batch: int) -> float | None:
   for one CPU device with every attention as XLA matmuls, by XLA's cost analysis."""
   from flux_jax import sharding  # pylint: disable=g-import-not-at-top
   from flux_jax.model import attention  # pylint: disable=g-import-not-at-top
-  from flux_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from flux_jax.train.program import train_program  # pylint: disable=g-import-not-at-top
   config = copy.deepcopy(config)
   config.mesh.update(data=1, fsdp=1, tensor=1)
   mesh = sharding.make_mesh(dict(config.mesh), jax.devices('cpu')[:1])
-  program = loop.train_program(config, mesh, global_batch, workdir=None)
+  program = train_program(config, mesh, global_batch, workdir=None)
   args = _abstract_args(program, global_batch, config.n_max, program.model.patch_dim)
   with attention.override('xla'):
     cost = program.lower(*args).cost_analysis()
@@ -155,7 +155,7 @@ def run(config, topology: str, batch_per_chip: int | None = None) -> dict[str, A
   """Compiles `config`'s train step for `topology`; one report dict (see module doc)."""
   from flux_jax import sharding  # pylint: disable=g-import-not-at-top
   from flux_jax.model import attention  # pylint: disable=g-import-not-at-top
-  from flux_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from flux_jax.train.program import train_program  # pylint: disable=g-import-not-at-top
 
   use_libtpu()
   devices, chips = topology_devices(topology)
@@ -171,7 +171,7 @@ def run(config, topology: str, batch_per_chip: int | None = None) -> dict[str, A
   try:
     mesh = sharding.make_mesh(dict(config.mesh), devices)
     videos = global_batch // config.data.num_sample  # one step per epoch: shapes only
-    program = loop.train_program(config, mesh, videos, workdir=None)
+    program = train_program(config, mesh, videos, workdir=None)
   except ValueError as e:
     raise AotError(f'{topology} ({len(devices)} devices): {e}') from None
   model = program.model

@@ -26,12 +26,18 @@ from typing import NamedTuple
 from absl import app
 from absl import flags
 
-_OUT = flags.DEFINE_string('out', 'workdir/aot.jsonl', 'JSON lines of bench aot reports.')
-_ONLY = flags.DEFINE_list('only', None, 'Cells to run (names); default: all.')
-_PRINT = flags.DEFINE_bool('print', False, 'Print the table from --out, compile nothing.')
-_TIMEOUT = flags.DEFINE_integer('timeout', 7200, 'Seconds allowed per compile.')
-_SEARCH = flags.DEFINE_bool('search', True, 'Search the largest batch for the cells marked '
-                            'so; --nosearch compiles every cell at 16 only (a first pass).')
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """The command line's flags, defined when run as a program: importing the module
+  adds no global flag."""
+  flags.DEFINE_string('out', 'workdir/aot.jsonl', 'JSON lines of bench aot reports.')
+  flags.DEFINE_list('only', None, 'Cells to run (names); default: all.')
+  flags.DEFINE_bool('print', False, 'Print the table from --out, compile nothing.')
+  flags.DEFINE_integer('timeout', 7200, 'Seconds allowed per compile.')
+  flags.DEFINE_bool('search', True, 'Search the largest batch for the cells marked '
+                    'so; --nosearch compiles every cell at 16 only (a first pass).')
 
 K400 = 'configs/fluxvit_k400.py:variant={variant},mode={mode}'
 UMT = 'configs/umt_fluxvit_s_from_b.py'
@@ -98,7 +104,7 @@ def compile_cell(cell: Cell, batch: int, path: str, done: dict) -> dict:
   print(f'[aot_table] {cell.name} at {batch} clips per chip: {" ".join(command(cell, batch))}',
         flush=True)
   proc = subprocess.run(command(cell, batch), capture_output=True, text=True,
-                        timeout=_TIMEOUT.value, check=False)
+                        timeout=FLAGS.timeout, check=False)
   if proc.returncode:
     raise RuntimeError(f'{cell.name} at {batch}: bench aot failed:\n{proc.stderr[-3000:]}')
   row = dict(json.loads(proc.stdout.strip().splitlines()[-1]), cell=cell.name)
@@ -160,21 +166,26 @@ def table(rows: dict[tuple[str, int], dict]) -> str:
 
 def main(argv):
   del argv
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  done = load(_OUT.value)
-  if not _PRINT.value:
+  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+  done = load(FLAGS.out)
+  if not FLAGS.print:
     for cell in CELLS:
-      if _ONLY.value and cell.name not in _ONLY.value:
+      if FLAGS.only and cell.name not in FLAGS.only:
         continue
       try:
-        if cell.search and _SEARCH.value:
-          largest(cell, _OUT.value, done)
+        if cell.search and FLAGS.search:
+          largest(cell, FLAGS.out, done)
         else:
-          compile_cell(cell, OFFICIAL_BATCH, _OUT.value, done)
+          compile_cell(cell, OFFICIAL_BATCH, FLAGS.out, done)
       except (RuntimeError, subprocess.TimeoutExpired) as e:  # the other cells still run
         print(f'[aot_table] {cell.name}: {e}', flush=True)
   print(table(done))
 
 
-if __name__ == '__main__':
+def run() -> None:
+  _define_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

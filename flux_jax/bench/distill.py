@@ -28,7 +28,7 @@ from flux_jax.bench.forward import compile_and_time, markdown_table
 from flux_jax.model.fluxvit import init_params, make_model
 from flux_jax.tokens import patchify
 from flux_jax.train import distill
-from flux_jax.train import loop
+from flux_jax.train import program
 from flux_jax.train.state import TrainState
 
 MIB = 2**20
@@ -60,7 +60,7 @@ def run(config, batch: int = 16, repeats: int = 3, frames: int | None = None,
   teacher = distill.make_teacher(cfg, teacher_model)
   model = make_model(config.model)
   student = distill.make_student(cfg, model, teacher)
-  tx = loop.make_tx(config, model, total=100, warmup=10)
+  tx = program.make_tx(config, model, total=100, warmup=10)
   parts = distill.make_distill_parts(student, teacher, tx, **distill.step_options(cfg))
   step = distill.make_step_from_config(cfg, student, teacher, tx)
 

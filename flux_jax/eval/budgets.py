@@ -8,11 +8,10 @@ from typing import Sequence
 
 import jax
 
-from flux_jax.eval.multiview import evaluate_each, views
+from flux_jax.eval.multiview import evaluate_each, make_eval_step, views
 from flux_jax.model.fluxvit import FluxViT
 from flux_jax.tokens.plan import FluxPlan
 from flux_jax.tokens.select import keeps_all
-from flux_jax.train.steps import make_eval_step
 
 
 def standard_error(top1: float, videos: int) -> float:

@@ -42,7 +42,7 @@ import numpy as np
 from flux_jax.model.fluxvit import FluxViT
 from flux_jax.tokens.token_batch import TokenBatch
 
-FORMAT = 'flux_jax.export/1'
+FORMAT = 'flux_jax.cli.export/1'
 EXPORTED = 'model.jaxexport'
 CONTRACT = 'contract.json'
 INPUTS = ('patches', 'coords', 'grid', 'valid')

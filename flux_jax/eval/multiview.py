@@ -6,6 +6,7 @@ import functools
 from typing import Callable, Hashable, Iterable, Mapping
 
 import jax
+import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import numpy as np
 
@@ -20,6 +21,18 @@ def to_host(x) -> np.ndarray:
   if jax.process_count() > 1:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(x)
+
+
+def make_eval_step(model: FluxViT, *, budget: int | None, head: int | None = None):
+  """Softmax probabilities per view, for multi-view aggregation (SPEC C.7)."""
+
+  def step(params, tokens: TokenBatch):
+    h = model.nearest_head(budget, tokens.patches.shape[1]) if head is None else head
+    logits, _ = model.apply({'params': params}, tokens, budget=budget, head=h)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    return {'probs': probs, 'count': tokens.video_index >= 0}
+
+  return step
 
 
 class ViewAggregator:

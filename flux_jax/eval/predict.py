@@ -1,13 +1,14 @@
-r"""Classify one video file at a token budget: `flux_jax.predict` and its command line.
+r"""Classify videos at a token budget: `predict` (a video file, `flux_jax.predict`) and
+`classify` (decoded arrays). The command line is flux_jax.cli.predict:
 
-  python -m flux_jax.eval.predict VIDEO --checkpoint DIR --budget 1024 [--top_k 5] \
+  python -m flux_jax.cli.predict VIDEO --checkpoint DIR --budget 1024 [--top_k 5] \
       [--frames 8 --resolution 224 | --to_table WORKDIR/to.json] [--labels names.txt] \
       [--num_clips 1 --num_crops 1]
 
 The sampling grid (frames, resolution) is chosen in this order:
   1. `grid` (`--frames/--resolution`) when given;
   2. else the row of the Token Optimization table `to_table` (a `to.json` of
-     `python -m flux_jax.evaluate`) marked best for exactly this budget;
+     `python -m flux_jax.cli.evaluate`) marked best for exactly this budget;
   3. else the grid the checkpoint was evaluated at (its metadata 'eval');
   4. else 8 x 224^2, the official test grid (SPEC C.7).
 The head is the one whose training budget is nearest to the tokens kept. A budget of at
@@ -18,9 +19,6 @@ Each view is the evaluation pipeline's (`pipeline.EvalClip`, SPEC C.7): frames o
 temporal clip c of `num_clips`, short side resized to the resolution, `num_crops` crops
 along the long side (one crop: the central one). Probabilities are the softmax averaged
 over the views, as in multi-view evaluation.
-
-The command line lives here, behind `__main__`, and not in `flux_jax/predict.py`: a
-submodule of that name would replace the function `flux_jax.predict` on import.
 """
 
 from __future__ import annotations
@@ -30,10 +28,9 @@ import json
 import os
 from typing import Sequence
 
-from absl import app
-from absl import flags
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from flux_jax import checkpoint as ckpt
@@ -41,8 +38,9 @@ from flux_jax.data import decode
 from flux_jax.data import pipeline
 from flux_jax.model.fluxvit import FluxViT
 from flux_jax.tokens.plan import FluxPlan
-from flux_jax.tokens.token_batch import TokenBatch
-from flux_jax.train.steps import make_eval_step
+from flux_jax.tokens.select import keeps_all
+from flux_jax.tokens.token_batch import TokenBatch, patchify
+from flux_jax.eval.multiview import make_eval_step
 
 DEFAULT_GRID = FluxPlan(frames=8, resolution=224)  # SPEC C.7: 8 x 224^2 = 2048 tokens
 
@@ -194,42 +192,42 @@ def _eval_step(model: FluxViT, budget: int, head: int):
   return jax.jit(make_eval_step(model, budget=budget, head=head))
 
 
-def main(argv):
-  cli = flags.FLAGS
-  if len(argv) != 2:
-    raise app.UsageError('usage: python -m flux_jax.eval.predict VIDEO --checkpoint DIR '
-                         '--budget N [flags]')
-  if (cli.frames is None) != (cli.resolution is None):
-    raise app.UsageError('give --frames and --resolution together')
-  grid = None if cli.frames is None else (cli.frames, cli.resolution)
-  try:
-    names = None if cli.labels is None else read_class_names(cli.labels)
-    top = predict(argv[1], cli.checkpoint, budget=cli.budget, top_k=cli.top_k, grid=grid,
-                  to_table=cli.to_table, class_names=names, num_clips=cli.num_clips,
-                  num_crops=cli.num_crops)
-  except ValueError as e:  # the messages name the file, grid or budget
-    raise SystemExit(f'flux_jax.eval.predict: {e}') from e
-  for label, prob in top:
-    print(f'{prob:.4f}  {label}')
+@functools.partial(jax.jit, static_argnames=('model', 'budget', 'head'))
+def _classify(model: FluxViT, params, video, budget, head):
+  tokens = patchify(video, patch_size=model.patch_size, tubelet_size=model.tubelet_size)
+  logits, _ = model.apply({'params': params}, tokens, budget=budget, head=head)
+  return logits
 
 
-def _define_flags() -> None:
-  """The command line's flags: defined only when run as a program, so that importing
-  the library adds no global flag (`--checkpoint` is also `flux_jax.export`'s)."""
-  flags.DEFINE_string('checkpoint', None, 'Params checkpoint directory (save_params).')
-  flags.DEFINE_integer('budget', None, 'Tokens the model keeps.')
-  flags.DEFINE_integer('top_k', 5, 'Labels printed.')
-  flags.DEFINE_integer('frames', None, 'Frames sampled (with --resolution).')
-  flags.DEFINE_integer('resolution', None, 'Square crop side in pixels (with --frames).')
-  flags.DEFINE_string('to_table', None, 'to.json of python -m flux_jax.evaluate: its best '
-                      'grid for the budget.')
-  flags.DEFINE_string('labels', None, 'Class names, one per line (for checkpoints '
-                      'without them).')
-  flags.DEFINE_integer('num_clips', 1, 'Temporal clips averaged.')
-  flags.DEFINE_integer('num_crops', 1, 'Spatial crops averaged.')
-  flags.mark_flags_as_required(['checkpoint', 'budget'])
+def classify(model: FluxViT, params, video, *, budget: int | None = None,
+             head: int | None = None) -> jax.Array:
+  """Logits of a batch of videos.
 
+  Args:
+    model: a FluxViT (e.g. from `load_official_checkpoint`).
+    params: its parameters.
+    video: float32 `[B, T, H, W, 3]`, ImageNet-normalized (the official model's input,
+      channels last); any T, any H and W that are multiples of the patch size.
+    budget: tokens to keep (group-dynamic selection); None keeps every token.
+    head: projector/classifier index; None picks the head whose training budget is
+      nearest to the tokens kept.
 
-if __name__ == '__main__':
-  _define_flags()
-  app.run(main)
+  Returns:
+    float32 logits `[B, num_classes]`.
+  """
+  video = jnp.asarray(video, jnp.float32)
+  if video.ndim != 5 or video.shape[-1] != 3:
+    raise ValueError(f'video must be [B, T, H, W, 3], got shape {video.shape}')
+  _, t, h, w, _ = video.shape
+  p, kt = model.patch_size, model.tubelet_size
+  if h % p or w % p or t % kt:
+    raise ValueError(f'video {t}x{h}x{w} must have H, W multiples of {p} and T a multiple '
+                     f'of {kt}')
+  n = (t // kt) * (h // p) * (w // p)
+  if budget is not None and budget < 1:
+    raise ValueError(f'budget must be positive, got {budget}')
+  if keeps_all(budget, n):
+    budget = None  # every token fits
+  if head is None:
+    head = model.nearest_head(budget, n)
+  return _classify(model, params, video, budget, head)

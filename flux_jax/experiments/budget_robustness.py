@@ -65,7 +65,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from configs import synthetic_demo
+from flux_jax import config as config_lib
 from flux_jax.data.synthetic import NUM_CLASSES
 from flux_jax.eval import budgets as budget_eval
 from flux_jax.eval.budgets import standard_error
@@ -94,32 +94,40 @@ PRETRAINS = {'multi': 'Flux-Multi from scratch, the demo config',
 FLUX_TOKENS = (32, 128)
 FLUX_FRAMES = (2, 16)
 
-_WORKDIR = flags.DEFINE_string('workdir', 'workdir/budget', 'Dataset, runs and results.')
-_STEPS = flags.DEFINE_integer('steps', 3000, 'Fine-tuning steps of each run.')
-_PRETRAIN = flags.DEFINE_enum('pretrain', 'multi', list(PRETRAINS), 'The pre-training every '
-                              'run starts from: ' + '; '.join(f'{k}: {v}' for k, v in
-                                                              PRETRAINS.items()) + '.')
-_PRETRAIN_STEPS = flags.DEFINE_integer('pretrain_steps', 1800, 'Steps of the pre-training '
-                                       "(the demo's 1800; 0: each run from scratch).")
-_SIZE = flags.DEFINE_string('size', 'panning', "synthetic_motion config: 'panning', 'tiny', "
-                            "'demo', a variant such as 'n2004_396_s7_panning', ...")
-_FRAMES = flags.DEFINE_list('frames', ['4', '8', '12', '16'], 'Token Optimization frame '
-                            'counts (the fixed grid\'s is always added).')
-_RESOLUTIONS = flags.DEFINE_list('resolutions', ['56', '84', '112'], 'Token Optimization '
-                                 'resolutions (the fixed grid\'s is always added).')
-_FLUX_TOKENS = flags.DEFINE_list('flux_tokens', None, 'min,max raw tokens of the Flux rows\' '
-                                 'grids (default: the middle budget to twice the full one, '
-                                 "32,128 at 64; empty: the demo config's 64,256).")
-_FLUX_FRAMES = flags.DEFINE_list('flux_frames', [str(v) for v in FLUX_FRAMES], 'min,max '
-                                 "frames of the Flux rows' grids, even (the demo's: 4,16).")
-_CEILING = flags.DEFINE_bool('ceiling', True, 'Also fine-tune a model for the 1/4 budget '
-                             'alone (WORKDIR/ceiling): what the task allows at 1/4.')
-_FIXED = flags.DEFINE_list('fixed', [str(v) for v in FIXED], 'frames,resolution of the fixed '
-                           "grid: w/o Flux's training grid and Table 5's test grid.")
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """The command line's flags, defined when run as a program: importing the module
+  adds no global flag."""
+  flags.DEFINE_string('config', config_lib.recipe('synthetic_demo.py'), 'Config every run '
+                      'starts from (PATH[:arg]); --steps, --size and the run set the rest.')
+  flags.DEFINE_string('workdir', 'workdir/budget', 'Dataset, runs and results.')
+  flags.DEFINE_integer('steps', 3000, 'Fine-tuning steps of each run.')
+  flags.DEFINE_enum('pretrain', 'multi', list(PRETRAINS), 'The pre-training every '
+                    'run starts from: ' + '; '.join(f'{k}: {v}' for k, v in
+                                                    PRETRAINS.items()) + '.')
+  flags.DEFINE_integer('pretrain_steps', 1800, 'Steps of the pre-training '
+                       "(the demo's 1800; 0: each run from scratch).")
+  flags.DEFINE_string('size', 'panning', "synthetic_motion config: 'panning', 'tiny', "
+                      "'demo', a variant such as 'n2004_396_s7_panning', ...")
+  flags.DEFINE_list('frames', ['4', '8', '12', '16'], 'Token Optimization frame '
+                    'counts (the fixed grid\'s is always added).')
+  flags.DEFINE_list('resolutions', ['56', '84', '112'], 'Token Optimization '
+                    'resolutions (the fixed grid\'s is always added).')
+  flags.DEFINE_list('flux_tokens', None, 'min,max raw tokens of the Flux rows\' '
+                    'grids (default: the middle budget to twice the full one, '
+                    "32,128 at 64; empty: the demo config's 64,256).")
+  flags.DEFINE_list('flux_frames', [str(v) for v in FLUX_FRAMES], 'min,max '
+                    "frames of the Flux rows' grids, even (the demo's: 4,16).")
+  flags.DEFINE_bool('ceiling', True, 'Also fine-tune a model for the 1/4 budget '
+                    'alone (WORKDIR/ceiling): what the task allows at 1/4.')
+  flags.DEFINE_list('fixed', [str(v) for v in FIXED], 'frames,resolution of the fixed '
+                    "grid: w/o Flux's training grid and Table 5's test grid.")
+  flags.DEFINE_list('head_budgets', None, 'The heads and the test budgets, '
+                    "full first: the fixed grid's raw tokens, then smaller "
+                    '(default: its 1, 1/2 and 1/4, 64,32,16 at 4 x 56^2).')
 # Not `--budgets`: absl flags are global, and selector_recall's --budgets means K alone.
-_HEAD_BUDGETS = flags.DEFINE_list('head_budgets', None, 'The heads and the test budgets, '
-                                  "full first: the fixed grid's raw tokens, then smaller "
-                                  '(default: its 1, 1/2 and 1/4, 64,32,16 at 4 x 56^2).')
 
 RUNS = {'noflux': 'w/o Flux', 'single': 'Flux-Single', 'multi': 'Flux-Multi'}
 CEILING = 'ceiling'  # the run trained for the 1/4 budget alone
@@ -140,8 +148,10 @@ def run_config(run: str, *, steps: int | None, size: str, data_dir: str,
   frames; None: the demo config's. The one-head rows train one head at `budget` (None:
   the full budget; below the grid's raw tokens the selector reduces every step, as for
   the ceiling)."""
-  config = synthetic_demo.get_config(('' if steps is None else f'steps={steps},')
-                                     + f'size={size}')
+  config = config_lib.load(FLAGS.config)
+  if steps is not None:
+    config.train.steps = steps
+  config.data.config = size
   config.data.data_dir = data_dir
   config.init = init
   config.eval.every_steps = -1  # evaluated below, at every budget
@@ -220,7 +230,7 @@ def ceiling(budget: int, *, root: str, size: str, data_dir: str, fixed: tuple[in
             init: str, budgets: tuple[int, ...]) -> dict:
   """The ceiling row: one head fine-tuned w/o Flux on `fixed` reduced to `budget` by the
   selector (WORKDIR/ceiling), evaluated there alone, as `summarize` gives it."""
-  config = run_config('noflux', steps=_STEPS.value, size=size, data_dir=data_dir,
+  config = run_config('noflux', steps=FLAGS.steps, size=size, data_dir=data_dir,
                       fixed=fixed, init=init, budget=budget, budgets=budgets)
   params = train_once(config, os.path.join(root, CEILING))
   (row,) = evaluate_fixed(CEILING, params, config, (budget,),
@@ -395,23 +405,23 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   t0 = time.perf_counter()
-  root = os.path.abspath(_WORKDIR.value)
+  root = os.path.abspath(FLAGS.workdir)
   data_dir = os.path.join(root, 'tfds')
-  fixed = parse_grid(_FIXED.value, 'fixed')
-  budgets = parse_budgets(_HEAD_BUDGETS.value, fixed)
-  flux_tokens = (flux_tokens_for(budgets[0]) if _FLUX_TOKENS.value is None
-                 else parse_range(_FLUX_TOKENS.value, 'flux_tokens'))
-  flux_frames = parse_range(_FLUX_FRAMES.value, 'flux_frames')
-  frames = sorted({int(f) for f in _FRAMES.value} | {fixed[0]})
-  resolutions = sorted({int(r) for r in _RESOLUTIONS.value} | {fixed[1]})
+  fixed = parse_grid(FLAGS.fixed, 'fixed')
+  budgets = parse_budgets(FLAGS.head_budgets, fixed)
+  flux_tokens = (flux_tokens_for(budgets[0]) if FLAGS.flux_tokens is None
+                 else parse_range(FLAGS.flux_tokens, 'flux_tokens'))
+  flux_frames = parse_range(FLAGS.flux_frames, 'flux_frames')
+  frames = sorted({int(f) for f in FLAGS.frames} | {fixed[0]})
+  resolutions = sorted({int(r) for r in FLAGS.resolutions} | {fixed[1]})
   init, results = '', []
-  if _PRETRAIN_STEPS.value:
-    pre = pretrain_config(_PRETRAIN.value, steps=_PRETRAIN_STEPS.value, size=_SIZE.value,
+  if FLAGS.pretrain_steps:
+    pre = pretrain_config(FLAGS.pretrain, steps=FLAGS.pretrain_steps, size=FLAGS.size,
                           data_dir=data_dir)
     init = train_once(pre, os.path.join(root, PRETRAIN))
     results = evaluate_fixed(PRETRAIN, init, pre, tuple(pre.model.head_budgets),
                              os.path.join(root, PRETRAIN, 'to'), fixed)
-    print(f'pre-trained ({PRETRAINS[_PRETRAIN.value]}) for {_PRETRAIN_STEPS.value} steps: '
+    print(f'pre-trained ({PRETRAINS[FLAGS.pretrain]}) for {FLAGS.pretrain_steps} steps: '
           f'{100 * results[0]["fixed_top1"]:.1f}% at {results[0]["budget"]} tokens of the '
           f'fixed grid ({time.perf_counter() - t0:.0f} s so far)')
     if not left_chance(results):
@@ -421,7 +431,7 @@ def main(argv):
           'every row would start from noise. Remove it and pre-train longer '
           '(--pretrain_steps) or another way (--pretrain).')
   for run, name in RUNS.items():
-    config = run_config(run, steps=_STEPS.value, size=_SIZE.value, data_dir=data_dir,
+    config = run_config(run, steps=FLAGS.steps, size=FLAGS.size, data_dir=data_dir,
                         fixed=fixed, init=init, flux_tokens=flux_tokens,
                         flux_frames=flux_frames, budgets=budgets)
     params = train_once(config, os.path.join(root, run))
@@ -430,8 +440,8 @@ def main(argv):
         budgets=budgets, config=config, batch_size=config.eval.batch_size, fixed=fixed)
     results += summarize(run, rows, fixed)
     print(f'{name}: trained and evaluated ({time.perf_counter() - t0:.0f} s so far)')
-  if _CEILING.value:
-    results.append(ceiling(budgets[-1], root=root, size=_SIZE.value, data_dir=data_dir,
+  if FLAGS.ceiling:
+    results.append(ceiling(budgets[-1], root=root, size=FLAGS.size, data_dir=data_dir,
                            fixed=fixed, init=init, budgets=budgets))
     print(f'ceiling: trained and evaluated ({time.perf_counter() - t0:.0f} s so far)')
 
@@ -441,9 +451,9 @@ def main(argv):
       f"- [{'x' if ok else ' '}] {line}" for line, ok in checks(results))
   steps = config.train.steps
   start = (f'each fine-tuned for {steps} steps from one pre-training '
-           f'({PRETRAINS[_PRETRAIN.value]}, {_PRETRAIN_STEPS.value} steps)' if init
+           f'({PRETRAINS[FLAGS.pretrain]}, {FLAGS.pretrain_steps} steps)' if init
            else f'{steps} steps each from scratch')
-  text = (f'synthetic_motion/{_SIZE.value} validation top-1 (%) ± standard error '
+  text = (f'synthetic_motion/{FLAGS.size} validation top-1 (%) ± standard error '
           f'({results[0]["videos"]} videos), {start} (chance '
           f'{100 / NUM_CLASSES:.1f}%); "N tokens": the fixed {fixed[0]} x {fixed[1]}^2 '
           f'grid reduced to N by the selector; "+ TO": the best grid of frames {frames} x '
@@ -461,5 +471,10 @@ def main(argv):
         f'{time.perf_counter() - t0:.0f} s')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  _define_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from absl import app
 
 from flux_jax.model.fluxvit import FluxViT
-from flux_jax.train.loop import PARAMS_DIR, train_and_evaluate
+from flux_jax.loop import PARAMS_DIR, train_and_evaluate
 
 PATCH = FluxViT.patch_size  # the experiments' models keep the default patch
 

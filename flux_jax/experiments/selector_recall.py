@@ -33,20 +33,26 @@ from flux_jax.experiments.common import PATCH, parse_grid
 from flux_jax.tokens.select import select_tokens
 from flux_jax.tokens.token_batch import patchify
 
-_DIFFICULTY = flags.DEFINE_enum('difficulty', 'easy', sorted(synthetic.DIFFICULTIES),
-                                'The difficulty the variants start from.')
-_TEXTURE = flags.DEFINE_list('texture', None, 'Texture amplitudes (default: the '
-                             "difficulty's).")
-_MAX_PAN = flags.DEFINE_list('max_pan', None, 'Pan speeds, px per frame (default: the '
-                             "difficulty's).")
-_SQUARES_MOVE = flags.DEFINE_bool('squares_move', None, 'Distractors wander (default: '
-                                  "the difficulty's).")
-_CLIPS = flags.DEFINE_integer('clips', 48, 'Scenes per variant (labels balanced).')
-_BUDGETS = flags.DEFINE_list('budgets', ['256', '128', '64'], 'Token budgets K.')
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """The command line's flags, defined when run as a program: importing the module
+  adds no global flag."""
+  flags.DEFINE_enum('difficulty', 'easy', sorted(synthetic.DIFFICULTIES),
+                    'The difficulty the variants start from.')
+  flags.DEFINE_list('texture', None, 'Texture amplitudes (default: the '
+                    "difficulty's).")
+  flags.DEFINE_list('max_pan', None, 'Pan speeds, px per frame (default: the '
+                    "difficulty's).")
+  flags.DEFINE_bool('squares_move', None, 'Distractors wander (default: '
+                    "the difficulty's).")
+  flags.DEFINE_integer('clips', 48, 'Scenes per variant (labels balanced).')
+  flags.DEFINE_list('budgets', ['256', '128', '64'], 'Token budgets K.')
+  flags.DEFINE_list('grid', [str(FRAMES), str(RESOLUTION)], 'frames,resolution of '
+                    'the grid the selector reduces.')
 
 FRAMES, RESOLUTION = 8, 112  # the default grid
-_GRID = flags.DEFINE_list('grid', [str(FRAMES), str(RESOLUTION)], 'frames,resolution of '
-                          'the grid the selector reduces.')
 COVERED = 0.05  # a patch is a disc token when the disc covers more than this share
 
 
@@ -94,25 +100,30 @@ def recall(level: synthetic.Difficulty, budgets: Sequence[int], clips: int,
 
 def main(argv):
   del argv
-  base = synthetic.DIFFICULTIES[_DIFFICULTY.value]
-  budgets = [int(k) for k in _BUDGETS.value]
-  textures = [float(v) for v in _TEXTURE.value] if _TEXTURE.value else [base.texture]
-  pans = [float(v) for v in _MAX_PAN.value] if _MAX_PAN.value else [base.max_pan]
-  moves = base.squares_move if _SQUARES_MOVE.value is None else _SQUARES_MOVE.value
-  grid = parse_grid(_GRID.value, 'grid')
+  base = synthetic.DIFFICULTIES[FLAGS.difficulty]
+  budgets = [int(k) for k in FLAGS.budgets]
+  textures = [float(v) for v in FLAGS.texture] if FLAGS.texture else [base.texture]
+  pans = [float(v) for v in FLAGS.max_pan] if FLAGS.max_pan else [base.max_pan]
+  moves = base.squares_move if FLAGS.squares_move is None else FLAGS.squares_move
+  grid = parse_grid(FLAGS.grid, 'grid')
   n = grid[0] * (grid[1] // PATCH) ** 2
-  print(f'{_DIFFICULTY.value}, {_CLIPS.value} scenes per row, {grid[0]} x {grid[1]}^2 '
+  print(f'{FLAGS.difficulty}, {FLAGS.clips} scenes per row, {grid[0]} x {grid[1]}^2 '
         f'({n} tokens); recall / frames with a disc token (random selection: K / {n}):')
   print('| texture | max pan | squares move | disc tokens | '
         + ' | '.join(f'K={k}' for k in budgets) + ' |')
   print('|---' * (4 + len(budgets)) + '|')
   for texture, pan in itertools.product(textures, pans):
     level = dataclasses.replace(base, texture=texture, max_pan=pan, squares_move=moves)
-    r = recall(level, budgets, _CLIPS.value, grid=grid)
+    r = recall(level, budgets, FLAGS.clips, grid=grid)
     cells = [f'{100 * r[k][0]:.0f}% / {100 * r[k][1]:.0f}%' for k in budgets]
     print(f"| {texture:g} | {pan:g} | {'yes' if moves else 'no'} | "
           f"{100 * r['disc_share']:.1f}% | " + ' | '.join(cells) + ' |', flush=True)
 
 
-if __name__ == '__main__':
+def run() -> None:
+  _define_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -23,28 +23,39 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from configs import synthetic_demo
-from configs import umt_synthetic
+from flux_jax import config as config_lib
 from flux_jax import checkpoint
 from flux_jax import sharding
 from flux_jax.data.sources import open_dataset
 from flux_jax.eval import budgets
 from flux_jax.experiments.common import train_once
 
-_WORKDIR = flags.DEFINE_string('workdir', 'workdir/umt', 'Dataset, runs and results.')
-_TEACHER = flags.DEFINE_string('teacher', '', 'Params of a trained synthetic_demo teacher; '
-                               'empty: train one for --teacher_steps.')
-_TEACHER_STEPS = flags.DEFINE_integer('teacher_steps', 400, 'Teacher Flux-Multi steps.')
-_DISTILL_STEPS = flags.DEFINE_integer('distill_steps', 300, 'Flux-UMT steps.')
-_FINETUNE_STEPS = flags.DEFINE_integer('finetune_steps', 200, 'Student Flux-Multi steps.')
-_SCRATCH_STEPS = flags.DEFINE_list('scratch_steps', None, 'Steps of each from-scratch '
-                                   'student (default: finetune, distill + finetune).')
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """The command line's flags, defined when run as a program: importing the module
+  adds no global flag."""
+  flags.DEFINE_string('config', config_lib.recipe('synthetic_demo.py'), 'Config of the '
+                      'teacher and the fine-tuning runs (PATH[:arg]).')
+  flags.DEFINE_string('distill_config', config_lib.recipe('umt_synthetic.py'), 'Flux-UMT '
+                      'config whose get_config takes teacher= and steps=, and whose STUDENT '
+                      'sets the fine-tuned student\'s model.')
+  flags.DEFINE_string('workdir', 'workdir/umt', 'Dataset, runs and results.')
+  flags.DEFINE_string('teacher', '', 'Params of a trained synthetic_demo teacher; '
+                      'empty: train one for --teacher_steps.')
+  flags.DEFINE_integer('teacher_steps', 400, 'Teacher Flux-Multi steps.')
+  flags.DEFINE_integer('distill_steps', 300, 'Flux-UMT steps.')
+  flags.DEFINE_integer('finetune_steps', 200, 'Student Flux-Multi steps.')
+  flags.DEFINE_list('scratch_steps', None, 'Steps of each from-scratch '
+                    'student (default: finetune, distill + finetune).')
 
 
 def _finetune_config(data_dir: str, init: str, steps: int):
-  config = synthetic_demo.get_config(f'steps={steps}')
+  config = config_lib.load(FLAGS.config)
+  config.train.steps = steps
   config.data.data_dir = data_dir
-  config.model.update(umt_synthetic.STUDENT)
+  config.model.update(config_lib.load_module(FLAGS.distill_config).STUDENT)
   config.init = init
   config.eval.every_steps = 0
   return config
@@ -54,25 +65,26 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   t0 = time.perf_counter()
-  root = os.path.abspath(_WORKDIR.value)
+  root = os.path.abspath(FLAGS.workdir)
   data_dir = os.path.join(root, 'tfds')
 
-  teacher = synthetic_demo.get_config(f'steps={_TEACHER_STEPS.value}')
+  teacher = config_lib.load(FLAGS.config)
+  teacher.train.steps = FLAGS.teacher_steps
   teacher.data.data_dir = data_dir
-  teacher_params = (os.path.abspath(_TEACHER.value) if _TEACHER.value else
+  teacher_params = (os.path.abspath(FLAGS.teacher) if FLAGS.teacher else
                     train_once(teacher, os.path.join(root, 'teacher')))
   _, val, _ = open_dataset(teacher.data)  # builds the dataset on first use
 
-  student = umt_synthetic.get_config(f'teacher={teacher_params},'
-                                     f'steps={_DISTILL_STEPS.value}')
+  student = config_lib.load_module(FLAGS.distill_config).get_config(
+      f'teacher={teacher_params},steps={FLAGS.distill_steps}')
   student.data.data_dir = data_dir
   distilled = train_once(student, os.path.join(root, 'distill'))
 
-  finetune = _FINETUNE_STEPS.value
+  finetune = FLAGS.finetune_steps
   runs = {'teacher': teacher_params,
-          f'Flux-UMT {_DISTILL_STEPS.value} + Flux-Multi {finetune}': train_once(
+          f'Flux-UMT {FLAGS.distill_steps} + Flux-Multi {finetune}': train_once(
               _finetune_config(data_dir, distilled, finetune), os.path.join(root, 'finetune'))}
-  scratch = _SCRATCH_STEPS.value or [finetune, _DISTILL_STEPS.value + finetune]
+  scratch = FLAGS.scratch_steps or [finetune, FLAGS.distill_steps + finetune]
   for steps in dict.fromkeys(int(s) for s in scratch):
     runs[f'scratch Flux-Multi {steps}'] = train_once(
         _finetune_config(data_dir, '', steps), os.path.join(root, f'scratch_{steps}'))
@@ -91,5 +103,10 @@ def main(argv):
   print(f'saved {root}/umt_budgets.md; wall time {time.perf_counter() - t0:.0f} s')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  _define_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

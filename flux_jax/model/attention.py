@@ -11,7 +11,8 @@ and k, v `[B, Nk, NH, HD]`. The implementations compute the same thing:
              the output and the log-sum-exp and recomputes each block's scores in the
              backward pass, so memory is linear in the token count. Any platform.
   'splash'   the Pallas TPU splash-attention kernel under `jax.shard_map` (batch and heads
-             over the mesh axes that `mesh_axes` names, from the sharding rules):
+             over the mesh axes that the logical rules in context give 'activation_batch'
+             and 'activation_heads', `flux_jax.sharding.tracing_context`):
              padding keys get segment id 0, every query id 1, token counts are padded to
              the kernel's 128 block. Off TPU (tests) the kernel runs in Pallas interpret
              mode.
@@ -36,6 +37,7 @@ import functools
 import math
 
 from absl import logging
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -46,8 +48,9 @@ SPLASH_BLOCKS = (512, 256, 128)  # kernel tiles tried, largest first; 128 is the
 # Finite, so that a key block of padding only gives exp(-huge) = 0, never NaN (as splash).
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
-# Logical name of the attention activations' head axis (the batch axis is
-# 'activation_batch'); the sharding rules (flux_jax/sharding.py) map them to mesh axes.
+# Logical names of the attention activations' axes; the sharding rules
+# (flux_jax/sharding.py) map them to mesh axes.
+ACTIVATION_BATCH = 'activation_batch'
 ACTIVATION_HEADS = 'activation_heads'
 
 _logged: set[tuple] = set()
@@ -300,9 +303,14 @@ def splash_attention(q, k, v, valid, *, interpret: bool | None = None):
 
 
 def _mesh_axes(mesh, batch: int, heads: int):
-  """Mesh axes of the batch and head dimensions, as `mesh_axes` set them."""
+  """Mesh axes of the batch and head dimensions: what the logical rules in context
+  (`nn.logical_axis_rules`, entered by sharding.tracing_context) give them."""
+  rules = nn.get_logical_axis_rules()
   out = []
-  for axes, size, what in zip(_MESH_AXES.get(), (batch, heads), ('batch', 'heads')):
+  for name, size, what in ((ACTIVATION_BATCH, batch, 'batch'),
+                           (ACTIVATION_HEADS, heads, 'heads')):
+    entry = nn.logical_to_mesh_axes((name,), rules)[0] if rules else None
+    axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
     axes = tuple(a for a in axes if a in mesh.axis_names)
     shards = math.prod(mesh.shape[a] for a in axes)
     if size % shards:
@@ -325,21 +333,6 @@ def override(implementation: str):
     yield
   finally:
     _OVERRIDE.reset(token)
-
-
-# (batch mesh axes, head mesh axes) of the attention activations while tracing.
-_MESH_AXES = contextvars.ContextVar('attention_mesh_axes', default=((), ()))
-
-
-@contextlib.contextmanager
-def mesh_axes(batch: tuple[str, ...], heads: tuple[str, ...]):
-  """The mesh axes that split the batch and the heads of attention inputs while a step
-  is traced (sharding.tracing_context sets them from the logical rules)."""
-  token = _MESH_AXES.set((tuple(batch), tuple(heads)))
-  try:
-    yield
-  finally:
-    _MESH_AXES.reset(token)
 
 
 # ------------------------------------------------------------------------ cudnn --

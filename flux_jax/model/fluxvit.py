@@ -166,7 +166,8 @@ class FluxViT(nn.Module):
     b, n = tokens.valid.shape
     d = self.embed_dim
 
-    x = layers.PatchEmbed(d, self.dtype, self.dual_norm_in_patch_embed, name='patch_embed')(
+    x = layers.PatchEmbed(embed_dim=d, dtype=self.dtype,
+                          dual_norm=self.dual_norm_in_patch_embed, name='patch_embed')(
         normalize_patches(tokens.patches))  # [B, N, D]
 
     if not keeps_all(budget, n):
@@ -194,16 +195,16 @@ class FluxViT(nn.Module):
     cls = jnp.broadcast_to((cls_token + cls_pos).astype(x.dtype), (b, 1, d))
     x = jnp.concatenate([cls, x], axis=1)  # [B, 1 + K, D]
     mask = jnp.concatenate([jnp.ones((b, 1), bool), kept], axis=1)  # [B, 1 + K]
-    x = nn.with_logical_constraint(x, ('activation_batch', 'activation_length',
-                                       'activation_embed'))
+    x = layers.constrain(x, layers.TOKENS)  # [B, 1 + K, D]
 
     block = layers.remat_block(layers.Block, self.remat)
     rates = np.linspace(0.0, self.drop_path_rate, self.depth)
     returned = {}
     for i in range(self.depth):
-      x = block(self.num_heads, int(d * self.mlp_ratio), self.mlp_activation, i,
-                float(rates[i]), self.layerscale_init, self.dtype, self.use_lpe,
-                self.attention, name=f'blocks_{i}')(x, mask, not train)
+      x = block(num_heads=self.num_heads, mlp_hidden=int(d * self.mlp_ratio),
+                activation=self.mlp_activation, layer_index=i, drop_path=float(rates[i]),
+                layerscale_init=self.layerscale_init, dtype=self.dtype, use_lpe=self.use_lpe,
+                attention=self.attention, name=f'blocks_{i}')(x, mask, not train)
       if i in return_layers:
         returned[i] = x
     # No final norm: the pooling LayerNorms normalize (SPEC F.2).
@@ -213,8 +214,9 @@ class FluxViT(nn.Module):
     fc_norm = layers.layer_norm((layers.CLIP,), jnp.float32, name='fc_norm')
     pooled, logits_of, attention = {}, {}, None
     for j in (range(len(self.head_budgets)) if initializing else (head,)):
-      pool = layers.AttentionPooling(self.attn_pool_num_heads, self.clip_embed_dim,
-                                     self.dtype, name=f'clip_projector_{j}')
+      pool = layers.AttentionPooling(num_heads=self.attn_pool_num_heads,
+                                     out_dim=self.clip_embed_dim, dtype=self.dtype,
+                                     name=f'clip_projector_{j}')
       if return_attention and j == head:
         z, attention = pool(x, mask, return_attention=True)  # [B, clip], [B, 1 + K]
       else:
@@ -230,7 +232,7 @@ class FluxViT(nn.Module):
     decoders = range(self.num_decoders) if initializing else (
         () if align_proj is None else (align_proj,))
     for j in decoders:
-      projected = layers.LinearDecoder(self.clip_embed_dim, self.dtype,
+      projected = layers.LinearDecoder(out_dim=self.clip_embed_dim, dtype=self.dtype,
                                         name=f'final_clip_decoder_for_projs_{j}')(pooled[head])
       if j == align_proj:
         aux['projected'] = projected
@@ -321,7 +323,8 @@ def model_config(model: FluxViT) -> dict[str, Any]:
 
 def patch_embeddings(model: FluxViT, params: dict, tokens: TokenBatch) -> jax.Array:
   """The model's patch embeddings of every token, `[B, N, D]`: what its selector scores."""
-  embed = layers.PatchEmbed(model.embed_dim, model.dtype, model.dual_norm_in_patch_embed)
+  embed = layers.PatchEmbed(embed_dim=model.embed_dim, dtype=model.dtype,
+                            dual_norm=model.dual_norm_in_patch_embed)
   return embed.apply({'params': params['patch_embed']}, normalize_patches(tokens.patches))
 
 

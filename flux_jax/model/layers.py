@@ -6,11 +6,13 @@ maps them to mesh axes by rules from the config.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import math
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from flux_jax.model import attention as attention_lib
 
@@ -29,6 +31,15 @@ CLASSES = 'classes'
 DECODER = 'decoder'  # width inside and out of the distillation decoders (teacher width)
 POS_T, POS_H, POS_W = 'pos_t', 'pos_h', 'pos_w'
 
+# Logical axis names of the activations that cross layers (`constrain`).
+ACT_BATCH = attention_lib.ACTIVATION_BATCH
+ACT_LENGTH = 'activation_length'  # tokens
+ACT_EMBED = 'activation_embed'  # width D
+ACT_HEADS = attention_lib.ACTIVATION_HEADS
+ACT_KV = 'activation_kv'  # head dim
+ACT_MLP = 'activation_mlp'  # MLP hidden width
+TOKENS = (ACT_BATCH, ACT_LENGTH, ACT_EMBED)  # [B, N, D] between blocks
+
 def trunc_normal(std: float, bound: float = 2.0):
   """timm's trunc_normal_(std, a=-bound, b=bound): bounds are absolute, not in stds."""
   def init(key, shape, dtype=jnp.float32):
@@ -40,8 +51,52 @@ def trunc_normal(std: float, bound: float = 2.0):
 linear_init = trunc_normal(0.02)
 
 
+class _Partitioned(nn.LogicallyPartitioned):
+  """flax's logical box, but no sharding constraint on a value whose rank is not the
+  names' own: DenseGeneral unboxes its kernel at the flat 2-D init shape, before the
+  reshape to the named shape, which fails under a mesh and rules (flax 0.12)."""
+
+  def unbox(self, apply_constraint=True):
+    return super().unbox(apply_constraint and jnp.ndim(self.value) == len(self.names))
+
+
 def param_with_axes(init: Callable, names: tuple[str | None, ...]):
-  return nn.with_logical_partitioning(init, names)
+  """`init` whose output carries logical axis names (nn.with_logical_partitioning)."""
+  def wrapped(*args, **kwargs):
+    return _Partitioned(init(*args, **kwargs), names)
+  return wrapped
+
+
+def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+  """`x` sharded as the logical rules in context map `names`; a no-op without rules.
+
+  flax's `nn.with_logical_constraint` with the mesh axes that do not divide a dimension
+  dropped (`fit_spec`), so that tiny models and odd head counts trace on any mesh.
+  """
+  rules = nn.get_logical_axis_rules()
+  mesh = jax.sharding.get_abstract_mesh()
+  if not rules or mesh.empty:
+    return x
+  spec = fit_spec(nn.logical_to_mesh_axes(names, rules), x.shape, mesh)
+  return jax.lax.with_sharding_constraint(x, spec)
+
+
+def fit_spec(spec: P, shape: Sequence[int], mesh) -> P:
+  """Drops mesh axes that do not divide their dimension.
+
+  For a dimension sharded over several axes, the longest prefix of them whose sizes
+  multiply to a divisor is kept: a batch of 2 on ('data', 'fsdp') = (2, 2) keeps 'data'.
+  """
+  out = []
+  for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    axes = entry if isinstance(entry, tuple) else (() if entry is None else (entry,))
+    kept = ()
+    for axis in axes:
+      if dim % (math.prod(mesh.shape[a] for a in kept) * mesh.shape[axis]):
+        break
+      kept += (axis,)
+    out.append(kept if isinstance(entry, tuple) and kept else kept[0] if kept else None)
+  return P(*out)
 
 
 def gelu(kind: str) -> Callable[[jax.Array], jax.Array]:
@@ -159,7 +214,8 @@ class Attention(nn.Module):
     nh, hd = self.num_heads, d // self.num_heads
     qkv = dense((3, nh, hd), (EMBED, QKV, HEADS, KV), use_bias=False, dtype=self.dtype,
                 name='qkv')(x)  # [B, N, 3, NH, HD]
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, NH, HD]
+    q, k, v = (constrain(qkv[:, :, i], (ACT_BATCH, ACT_LENGTH, ACT_HEADS, ACT_KV))
+               for i in range(3))  # [B, N, NH, HD]
     q = rms_norm((HEADS, KV), axes=(-2, -1), dtype=self.dtype, name='q_norm')(q)
     k = rms_norm((HEADS, KV), axes=(-2, -1), dtype=self.dtype, name='k_norm')(k)
     a = attention_lib.dot_product_attention(q, k, v, mask,
@@ -181,7 +237,7 @@ class Mlp(nn.Module):
   def __call__(self, x):
     d = x.shape[-1]
     h = dense(self.hidden, (EMBED, MLP), dtype=self.dtype, name='fc1')(x)
-    h = gelu(self.activation)(h)
+    h = constrain(gelu(self.activation)(h), (ACT_BATCH, ACT_LENGTH, ACT_MLP))  # [B, N, F]
     out_init = trunc_normal(0.02 / (2.0 * (self.layer_index + 1)) ** 0.5)  # fix_init_weight
     return dense(d, (MLP, EMBED), init=out_init, dtype=self.dtype, name='fc2')(h)
 
@@ -201,14 +257,15 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, mask, deterministic: bool = True):
     y = rms_norm((EMBED,), dtype=self.dtype, name='norm1')(x)
-    y = Attention(self.num_heads, self.layer_index, self.dtype, self.use_lpe, self.attention,
-                  name='attn')(y, mask)
+    y = Attention(num_heads=self.num_heads, layer_index=self.layer_index, dtype=self.dtype,
+                  use_lpe=self.use_lpe, attention=self.attention, name='attn')(y, mask)
     y = LayerScale(self.layerscale_init, name='ls1')(y)
     x = x + DropPath(self.drop_path)(y, deterministic)
     y = rms_norm((EMBED,), dtype=self.dtype, name='norm2')(x)
-    y = Mlp(self.mlp_hidden, self.activation, self.layer_index, self.dtype, name='mlp')(y)
+    y = Mlp(hidden=self.mlp_hidden, activation=self.activation, layer_index=self.layer_index,
+            dtype=self.dtype, name='mlp')(y)
     y = LayerScale(self.layerscale_init, name='ls2')(y)
-    return x + DropPath(self.drop_path)(y, deterministic)
+    return constrain(x + DropPath(self.drop_path)(y, deterministic), TOKENS)  # [B, N, D]
 
 
 # model.remat: which activations of a block the backward pass keeps; the rest it recomputes.
@@ -236,6 +293,7 @@ def remat_block(block: type[nn.Module], remat: bool | str) -> type[nn.Module]:
   name = remat_policy_name(remat)
   if name == 'none':
     return block
+  # static_argnums counts the module: (self, x, mask, deterministic) -> `deterministic`.
   return nn.remat(block, static_argnums=(3,), policy=REMAT_POLICIES[name])
 
 
@@ -260,7 +318,8 @@ class AttentionPooling(nn.Module):
     q = layer_norm((EMBED,), self.dtype, name='norm1_q')(q_in.astype(x.dtype))
     k = layer_norm((EMBED,), self.dtype, name='norm1_k')(x)
     v = layer_norm((EMBED,), self.dtype, name='norm1_v')(x)
-    out, attention = PoolCrossAttention(nh, hd, self.out_dim, self.dtype, name='cross_attn')(
+    out, attention = PoolCrossAttention(num_heads=nh, head_dim=hd, out_dim=self.out_dim,
+                                        dtype=self.dtype, name='cross_attn')(
         q, k, v, mask, return_attention)
     out = out.reshape(b, self.out_dim)  # [B, out]
     return (out, attention) if return_attention else out

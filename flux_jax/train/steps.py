@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from flux_jax.model.fluxvit import FluxViT, normalize_patches
@@ -99,17 +98,5 @@ def make_flux_single_step(model: FluxViT, tx: optax.GradientTransformation, *, b
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     metrics = {'loss': loss, 'ce_0': loss, 'grad_norm': optax.global_norm(grads)}
     return apply_gradients(state, tx, grads), metrics
-
-  return step
-
-
-def make_eval_step(model: FluxViT, *, budget: int | None, head: int | None = None):
-  """Softmax probabilities per view, for multi-view aggregation (SPEC C.7)."""
-
-  def step(params, tokens: TokenBatch):
-    h = model.nearest_head(budget, tokens.patches.shape[1]) if head is None else head
-    logits, _ = model.apply({'params': params}, tokens, budget=budget, head=h)
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    return {'probs': probs, 'count': tokens.video_index >= 0}
 
   return step

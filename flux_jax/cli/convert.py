@@ -1,8 +1,8 @@
 r"""Converts official PyTorch FluxViT checkpoints to flux_jax orbax checkpoints and back.
 
-  python -m flux_jax.convert --checkpoint fluxvit_s.pth --variant small \
+  python -m flux_jax.cli.convert --checkpoint fluxvit_s.pth --variant small \
       --num_classes 400 --num_frames 24 --out /ckpt/fluxvit_s_k400
-  python -m flux_jax.convert --reverse --checkpoint /ckpt/fluxvit_s_k400 \
+  python -m flux_jax.cli.convert --reverse --checkpoint /ckpt/fluxvit_s_k400 \
       --out fluxvit_s_k400.pth
 """
 
@@ -21,19 +21,22 @@ from flux_jax.convert.official import (load_official_checkpoint, save_official_c
 from flux_jax.model.fluxvit import VARIANTS, model_config
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('checkpoint', None, 'Official .pth/.pt/.bin/.npz file; with --reverse, '
-                    'a flux_jax checkpoint directory.')
-flags.DEFINE_string('out', None, 'flux_jax checkpoint directory; with --reverse, a .pth file.')
-flags.DEFINE_bool('reverse', False, 'Convert a flux_jax checkpoint back to a PyTorch state '
-                  'dict (official names and layouts).')
-flags.DEFINE_enum('variant', None, sorted(VARIANTS), 'Model size of the official checkpoint.')
-flags.DEFINE_integer('num_classes', None, 'Classifier size of the official checkpoint.')
-flags.DEFINE_integer('num_frames', None, 'Frames of its stored pos_embed (24 for the '
-                     'released S, 32 for B).')
-flags.DEFINE_enum('mlp_activation', 'gelu_tanh', ['gelu_tanh', 'gelu'],
-                  "'gelu_tanh' for the released (flash-attn) weights, 'gelu' for the plain path.")
-flags.DEFINE_bool('overwrite', False, 'Replace --out if it exists.')
-flags.mark_flags_as_required(['checkpoint', 'out'])
+def _define_flags() -> None:
+  """The command line's flags, defined when run as a program: importing the module
+  adds no global flag."""
+  flags.DEFINE_string('checkpoint', None, 'Official .pth/.pt/.bin/.npz file; with --reverse, '
+                      'a flux_jax checkpoint directory.')
+  flags.DEFINE_string('out', None, 'flux_jax checkpoint directory; with --reverse, a .pth file.')
+  flags.DEFINE_bool('reverse', False, 'Convert a flux_jax checkpoint back to a PyTorch state '
+                    'dict (official names and layouts).')
+  flags.DEFINE_enum('variant', None, sorted(VARIANTS), 'Model size of the official checkpoint.')
+  flags.DEFINE_integer('num_classes', None, 'Classifier size of the official checkpoint.')
+  flags.DEFINE_integer('num_frames', None, 'Frames of its stored pos_embed (24 for the '
+                       'released S, 32 for B).')
+  flags.DEFINE_enum('mlp_activation', 'gelu_tanh', ['gelu_tanh', 'gelu'],
+                    "'gelu_tanh' for the released (flash-attn) weights, 'gelu' for the plain path.")
+  flags.DEFINE_bool('overwrite', False, 'Replace --out if it exists.')
+  flags.mark_flags_as_required(['checkpoint', 'out'])
 
 _FROM_OFFICIAL_FLAGS = ('variant', 'num_classes', 'num_frames')
 
@@ -63,12 +66,13 @@ def main(argv):
                   metadata=dict(source=os.path.abspath(FLAGS.checkpoint),
                                 variant=FLAGS.variant))
   except ValueError as e:  # CheckpointError too; the messages name the file.
-    raise SystemExit(f'flux-jax-convert: {e}') from e
+    raise SystemExit(f'flux_jax.cli.convert: {e}') from e
   logging.info('Wrote %s parameters (depth %d, width %d) to %s', _num_params(params),
                model.depth, model.embed_dim, FLAGS.out)
 
 
-def run():
+def run() -> None:
+  _define_flags()
   app.run(main)
 
 

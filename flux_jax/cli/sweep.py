@@ -1,12 +1,12 @@
-r"""Sweeps: one `flux_jax.main` command per point of a sweep file.
+r"""Sweeps: one `flux_jax.cli.train` command per point of a sweep file.
 
-  python -m flux_jax.sweep configs/sweeps/synthetic_demo_lr.py[:arg] --workdir BASE \
+  python -m flux_jax.cli.sweep configs/sweeps/synthetic_demo_lr.py[:arg] --workdir BASE \
       [--launch=print|local] [--only=0,3] [--prefix='sbatch launch/slurm_gpu.sbatch']
 
 A sweep file defines `get_sweep(arg=None)` returning `Sweep(config, points)`: the base
 config as `--config` takes it (`configs/x.py[:arg]`) and a list of override dicts
 {'optim.lr': 1e-3, 'train.budgets': (256, 128)}, each becoming `--config.key=value`
-flags. Every point of the sweep is checked against the config that `flux_jax.main` would
+flags. Every point of the sweep is checked against the config that `flux_jax.cli.train` would
 load, through the same ml_collections flag parser, before anything is printed or run.
 Point i trains in BASE/<i>_<key=value,...>, a name made from its overrides only, so a
 rerun resumes the same workdirs.
@@ -28,7 +28,7 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
-MAIN = ('-m', 'flux_jax.main')
+MAIN = ('-m', 'flux_jax.cli.train')
 DEFAULT_PREFIX = '.venv/bin/python'
 _MAX_NAME = 100  # characters of a point's directory name before it is hashed
 _UNSAFE = re.compile(r'[^A-Za-z0-9._+-]+')
@@ -83,8 +83,8 @@ def override_flags(point: Mapping[str, Any]) -> list[str]:
 
 
 def parse_config(config: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-  """The config `flux_jax.main --config CONFIG OVERRIDES...` would see."""
-  argv = ['flux_jax.main', '--config', config, *overrides]
+  """The config `flux_jax.cli.train --config CONFIG OVERRIDES...` would see."""
+  argv = ['flux_jax.cli.train', '--config', config, *overrides]
   values = flags.FlagValues()
   config_flags.DEFINE_config_file('config', None, flag_values=values, lock_config=True,
                                   sys_argv=argv)
@@ -205,7 +205,7 @@ def run_locally(cmds: Sequence[tuple[int, list[str]]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog='python -m flux_jax.sweep', description=__doc__,
+  parser = argparse.ArgumentParser(prog='python -m flux_jax.cli.sweep', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('sweep', help='sweep file, path.py[:arg]')
   parser.add_argument('--workdir', required=True, help='base; point i runs in BASE/<i>_...')
@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--only', default=None,
                       help='comma-separated point indices, e.g. 0,3 (default: all)')
   parser.add_argument('--prefix', default=DEFAULT_PREFIX,
-                      help='what precedes `-m flux_jax.main ...`: the interpreter, or a '
+                      help='what precedes `-m flux_jax.cli.train ...`: the interpreter, or a '
                       "launcher taking python arguments, e.g. 'sbatch --nodes=4 "
                       "launch/slurm_gpu.sbatch' or 'launch/tpu_pod.sh --name N --zone Z "
                       "--type T --'")
