@@ -23,6 +23,8 @@ $(BASE): requirements.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt $(JAX_EXTRA)
+	# CLIP's BPE vocabulary ships in open_clip_torch; --no-deps keeps its torchvision/timm out.
+	$(PY) -m pip install -q --no-deps open_clip_torch==3.3.0
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
