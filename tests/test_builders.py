@@ -125,7 +125,7 @@ def test_build_dataset_cli_builds_video_csv(tmp_path):
   write_clip(root / 'b.mp4', 1)
   (root / 'bad.mp4').write_text('not a video')
   (tmp_path / 'train.txt').write_text('a.mp4 0\nb.mp4 1\nbad.mp4 1\n')
-  out = subprocess.run([sys.executable, '-m', 'flux_jax.build_dataset', 'video_csv', '--name',
+  out = subprocess.run([sys.executable, '-m', 'flux_jax.cli.build_dataset', 'video_csv', '--name',
                         'mine', '--data_dir', str(tmp_path / 'data'), '--split',
                         f'train={tmp_path / "train.txt"}', '--root', str(root),
                         '--workers', '1'], capture_output=True, text=True, check=True)
@@ -133,7 +133,7 @@ def test_build_dataset_cli_builds_video_csv(tmp_path):
   lines = lines[lines.index(f"ready: {tmp_path / 'data' / 'video_csv' / 'mine' / '1.0.0'}"):]
   assert lines[1].strip() == 'train: 2 videos'
   assert lines[2].strip().startswith('skipped 1 files (reasons in ')
-  bad = subprocess.run([sys.executable, '-m', 'flux_jax.build_dataset', 'video_csv', '--name',
+  bad = subprocess.run([sys.executable, '-m', 'flux_jax.cli.build_dataset', 'video_csv', '--name',
                         'x', '--split', 'train'], capture_output=True, text=True)
   assert bad.returncode != 0 and "--split='train': expected SPLIT=" in bad.stderr
 

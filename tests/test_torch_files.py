@@ -77,8 +77,10 @@ def test_every_dtype_stride_and_shared_storage_equals_torch_load(tmp_path):
 def test_refuses_objects_other_than_tensors_and_containers_without_running_them(tmp_path):
   path = tmp_path / 'args.pth'
   torch.save({'model': {'w': torch.ones(2)}, 'args': argparse.Namespace(lr=1)}, path)
+  assert torch_files.load(path)['args'] == argparse.Namespace(lr=1)  # official args: read
+  torch.save({'model': {'w': torch.ones(2)}, 'step': collections.Counter(a=1)}, path)
   with pytest.raises(torch_files.TorchFileError,
-                     match=r'args\.pth: refused global argparse\.Namespace'):
+                     match=r'args\.pth: refused global collections\.Counter'):
     torch_files.load(path)
 
   # A crafted data.pkl that would call os.system on load.

@@ -36,6 +36,9 @@ def _define_flags() -> None:
   flags.DEFINE_enum('mlp_activation', 'gelu_tanh', ['gelu_tanh', 'gelu'],
                     "'gelu_tanh' for the released (flash-attn) weights, 'gelu' for the plain path.")
   flags.DEFINE_bool('overwrite', False, 'Replace --out if it exists.')
+  flags.DEFINE_bool('trust_pickle', False, 'Unpickle the checkpoint fully, running any code '
+                    'it holds: only for files you trust. Without it, tensors and the '
+                    'containers official checkpoints use load, anything else is refused.')
   flags.mark_flags_as_required(['checkpoint', 'out'])
 
 _FROM_OFFICIAL_FLAGS = ('variant', 'num_classes', 'num_frames')
@@ -61,7 +64,8 @@ def main(argv):
     else:
       model, params = load_official_checkpoint(
           FLAGS.checkpoint, variant=FLAGS.variant, num_classes=FLAGS.num_classes,
-          num_frames=FLAGS.num_frames, mlp_activation=FLAGS.mlp_activation)
+          num_frames=FLAGS.num_frames, mlp_activation=FLAGS.mlp_activation,
+          trust_pickle=FLAGS.trust_pickle)
       save_params(FLAGS.out, params, model_config(model), overwrite=FLAGS.overwrite,
                   metadata=dict(source=os.path.abspath(FLAGS.checkpoint),
                                 variant=FLAGS.variant))

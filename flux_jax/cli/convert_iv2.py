@@ -42,6 +42,9 @@ def _define_flags() -> None:
   flags.DEFINE_string('model_overrides', '{}', 'JSON of other FluxViT fields, e.g. '
                       '\'{"dtype": "bfloat16"}\'.')
   flags.DEFINE_bool('overwrite', False, 'Replace --out if it exists.')
+  flags.DEFINE_bool('trust_pickle', False, 'Unpickle the checkpoint fully, running any code '
+                    'it holds: only for files you trust. Without it, tensors and the '
+                    'containers official checkpoints use load, anything else is refused.')
   flags.mark_flags_as_required(['checkpoint', 'out'])
 
 
@@ -56,7 +59,8 @@ def main(argv):
   try:
     teacher, params = load_iv2_teacher(
         FLAGS.checkpoint, variant=FLAGS.variant, num_frames=FLAGS.num_frames,
-        layers=layers, checkpoint_frames=FLAGS.checkpoint_frames, **overrides)
+        layers=layers, checkpoint_frames=FLAGS.checkpoint_frames,
+        trust_pickle=FLAGS.trust_pickle, **overrides)
     save_params(FLAGS.out, params, model_config(teacher.model), overwrite=FLAGS.overwrite,
                 metadata=dict(source=os.path.abspath(FLAGS.checkpoint), kind='iv2_teacher',
                               teacher_layers=list(teacher.layers), teacher_head=teacher.head))

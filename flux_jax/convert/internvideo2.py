@@ -56,11 +56,13 @@ def iv2_rules(model: FluxViT) -> list[Rule]:
   return out
 
 
-def iv2_state_dict(path_or_state_dict) -> tuple[dict[str, np.ndarray], str]:
-  """(the vision encoder's tensors by teacher name as numpy, the source's name)."""
+def iv2_state_dict(path_or_state_dict, *, trust_pickle: bool = False
+                   ) -> tuple[dict[str, np.ndarray], str]:
+  """(the vision encoder's tensors by teacher name as numpy, the source's name);
+  `trust_pickle` as in `load_iv2_teacher`."""
   source = (os.fspath(path_or_state_dict)
             if isinstance(path_or_state_dict, (str, os.PathLike)) else '<state dict>')
-  sd = official_state_dict(path_or_state_dict, source)
+  sd = official_state_dict(path_or_state_dict, source, trust_pickle=trust_pickle)
   if any(k.startswith(PREFIX) for k in sd):
     others = [k for k in sd if not k.startswith(PREFIX)]
     if others:
@@ -100,7 +102,7 @@ def _resize_time(table: np.ndarray, frames: int) -> np.ndarray:
 def load_iv2_teacher(path_or_state_dict, *, variant: str = 'iv2_1b', num_frames: int = 8,
                      layers: Sequence[int] | None = None, head: int = 0,
                      checkpoint_frames: int | None = None, strict: bool = True,
-                     **model_overrides) -> tuple[Teacher, dict]:
+                     trust_pickle: bool = False, **model_overrides) -> tuple[Teacher, dict]:
   """An InternVideo2 vision encoder as the frozen Teacher of Flux-UMT (SPEC D.2, D.5).
 
   Args:
@@ -116,6 +118,9 @@ def load_iv2_teacher(path_or_state_dict, *, variant: str = 'iv2_1b', num_frames:
     checkpoint_frames: the frames of the stored pos_embed when its grid is not
       num_frames x G x G or per frame 16 x 16.
     strict: refuse missing tensors (else they stay at init, logged).
+    trust_pickle: unpickle the file fully, which runs any code it names (logged). The
+      default reads tensors, plain containers and argparse.Namespace only and refuses
+      any other global by name.
     **model_overrides: other FluxViT fields (dtype, embed_dim, depth, ... for tests).
 
   Returns:
@@ -124,9 +129,10 @@ def load_iv2_teacher(path_or_state_dict, *, variant: str = 'iv2_1b', num_frames:
 
   Raises:
     CheckpointError: a file that is not an InternVideo2 vision encoder of this shape,
-      naming the missing and unexpected tensors and any shape that does not fit.
+      naming the missing and unexpected tensors and any shape that does not fit, or
+      one holding a global that an untrusted file may not (named).
   """
-  sd, source = iv2_state_dict(path_or_state_dict)
+  sd, source = iv2_state_dict(path_or_state_dict, trust_pickle=trust_pickle)
   if 'pos_embed' not in sd or 'patch_embed.proj.weight' not in sd:
     raise CheckpointError(f'{source}: not an InternVideo2 vision encoder (no pos_embed or '
                           f'patch_embed.proj.weight; keys start {sorted(sd)[:5]})')

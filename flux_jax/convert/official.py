@@ -7,8 +7,11 @@ params and the two array transforms (to ours and back). Both directions are exac
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
+import pickle
+import re
 import zipfile
 from typing import Any, Callable, Mapping
 
@@ -138,6 +141,12 @@ def _to_numpy(value, name: str, source: str) -> np.ndarray:
   if hasattr(value, 'detach'):  # torch.Tensor
     import torch  # pylint: disable=g-import-not-at-top
     value = value.detach().cpu()
+    # torch.load keeps a stride-0 view a view; the float32 copy below would not.
+    held = value.untyped_storage().nbytes()
+    if value.numel() * value.element_size() > torch_files.MAX_EXPANSION * held + (1 << 20):
+      raise CheckpointError(f'{source}: entry {name!r} of shape {tuple(value.shape)}, '
+                            f'stride {value.stride()} claims more than its storage of '
+                            f'{held} bytes holds (a stride-0 view); refused')
     if value.is_floating_point():
       value = value.to(torch.float32)
     return value.numpy()
@@ -149,21 +158,36 @@ def _to_numpy(value, name: str, source: str) -> np.ndarray:
   return arr
 
 
-def _read_file(path: str) -> Mapping[str, Any]:
+# Globals official checkpoints carry besides tensors and containers, allowed to
+# torch.load(weights_only=True) while it reads them: the training args.
+SAFE_GLOBALS = (argparse.Namespace,)
+
+
+def read_file(path: str, *, trust_pickle: bool = False) -> Mapping[str, Any]:
+  """The object a checkpoint file holds; no code of the file runs unless `trust_pickle`.
+
+  Untrusted (the default), a PyTorch file is read by torch.load(weights_only=True) with
+  SAFE_GLOBALS allowed for this call only, or by `torch_files` when torch is absent: any
+  other global is refused by name. `trust_pickle=True` unpickles fully, which runs any
+  code the file names: only for files you trust.
+  """
   if not os.path.isfile(path):
     raise CheckpointError(f'{path}: no such checkpoint file')
   ext = os.path.splitext(path)[1].lower()
   if ext == '.npz':
-    with np.load(path) as f:
+    with np.load(path) as f:  # allow_pickle=False: object arrays are refused
       return dict(f)
   if ext not in ('.pth', '.pt', '.bin'):
     raise CheckpointError(f'{path}: unknown checkpoint type {ext!r}; expected .pth, .pt, '
                           '.bin (PyTorch) or .npz')
+  if trust_pickle:
+    logging.warning('%s: trust_pickle=True: unpickling fully, which runs any code the file '
+                    'names. Only do this with files you trust.', path)
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:  # a TPU VM without torch: the zip format, restricted unpickling
     try:
-      return torch_files.load(path)
+      return torch_files.load(path, trust_pickle=trust_pickle)
     except torch_files.TorchFileError as e:
       raise CheckpointError(f'{e} (torch is not installed)') from e
   if not zipfile.is_zipfile(path):
@@ -172,25 +196,39 @@ def _read_file(path: str) -> Mapping[str, Any]:
     if head[:1] != b'\x80':  # neither a torch zip archive nor a legacy pickle
       raise CheckpointError(f'{path}: not a PyTorch checkpoint (neither a zip archive '
                             'nor a pickle)')
-  try:
-    return torch.load(path, map_location='cpu', weights_only=True)
-  except Exception as e:  # pylint: disable=broad-except
-    if 'weights_only' not in str(e) and 'Unsupported global' not in str(e):
+  if trust_pickle:
+    try:
+      return torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(f'{path}: cannot be read by torch.load: {e}') from e
-  # Official training checkpoints also pickle their argparse Namespace.
-  logging.warning('%s holds non-tensor objects; loading it with full unpickling. Only '
-                  'do this with files you trust.', path)
   try:
-    return torch.load(path, map_location='cpu', weights_only=False)
+    with torch.serialization.safe_globals(list(SAFE_GLOBALS)):  # this call only
+      return torch.load(path, map_location='cpu', weights_only=True)
+  except pickle.UnpicklingError as e:  # weights_only refused something: never retried
+    refused = re.search(r'GLOBAL (\S+)', str(e))
+    # torch's message: a generic preamble, the refusal, a pointer to its docs.
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    detail = next((line for line in lines[1:] if not line.startswith('Check the doc')),
+                  lines[0] if lines else type(e).__name__)
+    what = (f'refused global {refused.group(1)}' if refused else
+            f'refused by torch.load(weights_only=True): {detail}')
+    raise CheckpointError(
+        f'{path}: {what}: only tensors, plain containers and '
+        f'{", ".join(f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS)} are read '
+        'from an untrusted file. If you trust it, load it with trust_pickle=True (the '
+        'converters: --trust_pickle), which '
+        'lets it run code; better, save its state dict alone') from e
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(f'{path}: cannot be read by torch.load: {e}') from e
 
 
-def official_state_dict(path_or_state_dict, source: str | None = None) -> dict[str, np.ndarray]:
-  """The official tensors as numpy arrays: unwraps `model`/`module`, strips prefixes."""
+def official_state_dict(path_or_state_dict, source: str | None = None, *,
+                        trust_pickle: bool = False) -> dict[str, np.ndarray]:
+  """The official tensors as numpy arrays: unwraps `model`/`module`, strips prefixes.
+  A file is read by `read_file` (`trust_pickle=True`: full unpickling, runs code)."""
   if isinstance(path_or_state_dict, (str, os.PathLike)):
     source = os.fspath(path_or_state_dict)
-    sd = _read_file(source)
+    sd = read_file(source, trust_pickle=trust_pickle)
   else:
     source = source or '<state dict>'
     sd = path_or_state_dict
@@ -224,7 +262,8 @@ def _pos_grid(sd, num_frames: int, source: str) -> tuple[int, int, int]:
 
 def load_official_checkpoint(path_or_state_dict, *, variant: str, num_classes: int,
                              num_frames: int, mlp_activation: str = 'gelu_tanh',
-                             strict: bool = True, **model_overrides):
+                             strict: bool = True, trust_pickle: bool = False,
+                             **model_overrides):
   """Loads an official FluxViT checkpoint.
 
   Args:
@@ -237,6 +276,9 @@ def load_official_checkpoint(path_or_state_dict, *, variant: str, num_classes: i
     mlp_activation: 'gelu_tanh' for the released (flash-attn) weights, 'gelu' for the
       plain path.
     strict: refuse missing tensors (else they keep their initial values, logged).
+    trust_pickle: unpickle the file fully, which runs any code it names (logged). The
+      default reads tensors, plain containers and argparse.Namespace only and refuses
+      any other global by name.
     **model_overrides: other FluxViT fields (e.g. dtype, selector, head_budgets).
 
   Returns:
@@ -244,7 +286,7 @@ def load_official_checkpoint(path_or_state_dict, *, variant: str, num_classes: i
   """
   source = (os.fspath(path_or_state_dict)
             if isinstance(path_or_state_dict, (str, os.PathLike)) else '<state dict>')
-  sd = official_state_dict(path_or_state_dict, source)
+  sd = official_state_dict(path_or_state_dict, source, trust_pickle=trust_pickle)
   pos_grid = _pos_grid(sd, num_frames, source)
   model = make_model(dict(variant=variant, num_classes=num_classes, pos_grid=pos_grid,
                           mlp_activation=mlp_activation, **model_overrides))

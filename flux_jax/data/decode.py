@@ -7,6 +7,14 @@ parallelism comes from the workers, not from FFmpeg.
 Frame indices count frames in presentation order, as the decoder outputs them; the
 frame count of a video is the number of frames its decoder outputs (`probe`), which is
 what the stored `num_frames` and the samplers (SPEC C.2, C.7) refer to.
+
+The frame size of a video is the size of its first frame: a stream whose resolution
+changes midway (a spliced file, an adaptive-bitrate recording) is decoded with every
+frame resized (bicubic) to that size, as `reencode` does, so one clip has one shape.
+
+Every failure while decoding a video (the container, the codec, a frame's conversion to
+RGB, re-encoding, even memory) is raised as a `DecodeError` naming the source, so the
+callers' guards (training replaces the clip, the builders skip the file) see them all.
 """
 
 from __future__ import annotations
@@ -21,8 +29,9 @@ from collections.abc import Iterator, Sequence
 import av
 import numpy as np
 
-# What PyAV raises on bad input: FFmpeg errors, and a bad text field in the metadata.
-_AV_ERRORS = (av.FFmpegError, UnicodeDecodeError, EOFError)
+# Any failure of PyAV or FFmpeg on bad input: FFmpeg errors, a bad text field in the
+# metadata, a pixel format swscale refuses, memory. Each becomes a DecodeError.
+_FAILURES = (Exception,)
 
 
 class DecodeError(ValueError):
@@ -93,6 +102,9 @@ def probe(data: bytes, source: str) -> VideoInfo:
   others, so it is not trusted: every frame is decoded, which also proves the file is
   usable before it goes into a dataset.
 
+  Returns:
+    The frame count, the first frame's size (every frame decodes to it) and the rate.
+
   Raises:
     DecodeError: empty, undecodable or truncated data, or no video stream.
   """
@@ -100,8 +112,9 @@ def probe(data: bytes, source: str) -> VideoInfo:
     num_frames = 0
     height = width = 0
     for frame in _frames(container, stream, source, check_complete=True):
+      if not num_frames:
+        height, width = frame.height, frame.width
       num_frames += 1
-      height, width = frame.height, frame.width
     fps = stream.average_rate or stream.guessed_rate or 0
   if num_frames == 0:
     raise DecodeError(f'{source}: no decodable video frame')
@@ -116,7 +129,8 @@ def decode_frames(data: bytes, indices: Sequence[int] | np.ndarray,
   are never decoded. The short clips of this project need no seeking.
 
   Returns:
-    uint8 `[len(indices), H, W, 3]`, frames in the order of `indices`.
+    uint8 `[len(indices), H, W, 3]`, frames in the order of `indices`, at the size of
+    the video's first frame (module docstring).
 
   Raises:
     DecodeError: the video has fewer frames than needed, or cannot be decoded.
@@ -131,16 +145,34 @@ def decode_frames(data: bytes, indices: Sequence[int] | np.ndarray,
   last = int(indices.max())
   decoded = {}
   count = 0
+  size = None  # (height, width) of frame 0: every frame is converted to it
   with _open(data, source) as (container, stream):
     for frame in _frames(container, stream, source, check_complete=False):
+      size = size or (frame.height, frame.width)
       if count in wanted:
-        decoded[count] = frame.to_ndarray(format='rgb24', threads=1)  # [H, W, 3]
+        decoded[count] = _rgb(frame, size, f'{source}: frame {count}')  # [H, W, 3]
       count += 1
       if count > last:
         break
   if count <= last:
     raise DecodeError(f'{source}: needs frame {last} but the video has {count} frames')
-  return np.stack([decoded[i] for i in indices.tolist()])  # [T, H, W, 3]
+  try:
+    return np.stack([decoded[i] for i in indices.tolist()])  # [T, H, W, 3]
+  except MemoryError as e:
+    raise DecodeError(f'{source}: no memory for {len(indices)} frames of {size}') from e
+
+
+def _rgb(frame: av.VideoFrame, size: tuple[int, int], where: str) -> np.ndarray:
+  """uint8 `[H, W, 3]` RGB of `frame` at `size` (resized, bicubic, if it differs)."""
+  try:
+    if (frame.height, frame.width) == size:
+      return frame.to_ndarray(format='rgb24', threads=1)
+    return frame.to_ndarray(width=size[1], height=size[0], format='rgb24',
+                            interpolation='BICUBIC', threads=1)
+  except _FAILURES as e:
+    raise DecodeError(f'{where} ({frame.width}x{frame.height} {frame.format.name}) cannot '
+                      f'be converted to RGB at {size[1]}x{size[0]} ({type(e).__name__}: '
+                      f'{e})') from e
 
 
 def encode_mp4(frames: np.ndarray, fps: int | fractions.Fraction = 25,
@@ -194,7 +226,8 @@ def reencode(data: bytes, short_side: int | None, source: str,
     segment: (start, end) in seconds: keep only frames with start <= index / fps < end.
 
   Raises:
-    DecodeError: the source cannot be decoded, is truncated, or the segment is empty.
+    DecodeError: the source cannot be decoded, is truncated, the segment is empty, or
+      the encoder refuses the result (e.g. a side above x264's 16384).
   """
   with _open(data, source) as (container, stream):
     fps = stream.average_rate or stream.guessed_rate or 25
@@ -210,7 +243,13 @@ def reencode(data: bytes, short_side: int | None, source: str,
     rgb = (f.to_ndarray(width=width, height=height, format='rgb24',
                         interpolation='BICUBIC', threads=1)  # [H', W', 3]
            for f in itertools.chain([first], frames))
-    return _encode(next(rgb), rgb, fps, crf=23)
+    try:
+      return _encode(next(rgb), rgb, fps, crf=23)
+    except DecodeError:
+      raise
+    except _FAILURES as e:  # a conversion, or an encoder refusing this size or rate
+      raise DecodeError(f'{source}: re-encoding at {width}x{height}, {fps} fps failed '
+                        f'({type(e).__name__}: {e})') from e
 
 
 def _encode(first: np.ndarray, rest: Iterator[np.ndarray],
@@ -249,7 +288,7 @@ def _open(data: bytes, source: str
     raise DecodeError(f'{source}: empty data (0 bytes)')
   try:
     container = av.open(io.BytesIO(data), mode='r', metadata_errors='ignore')
-  except _AV_ERRORS as e:
+  except _FAILURES as e:
     raise DecodeError(f'{source}: not a readable video container ({e})') from e
   with container:
     if not container.streams.video:
@@ -274,9 +313,9 @@ def _frames(container: av.container.InputContainer, stream: av.video.stream.Vide
     for packet in container.demux(stream):
       packets += packet.size > 0
       yield from packet.decode()
-  except _AV_ERRORS as e:
+  except _FAILURES as e:
     raise DecodeError(f'{source}: decoding failed after {packets} packets, truncated or '
-                      f'corrupt ({e})') from e
+                      f'corrupt ({type(e).__name__}: {e})') from e
   if check_complete and expected and packets < expected:
     raise DecodeError(f'{source}: truncated: the container lists {expected} frames but '
                       f'holds only {packets}')
