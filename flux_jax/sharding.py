@@ -129,12 +129,7 @@ def _check_rules(rules: Rules, mesh: jax.sharding.Mesh) -> None:
 
 def logical_to_mesh_spec(logical: P, rules: Sequence[Sequence[Any]] = DEFAULT_RULES) -> P:
   """A PartitionSpec of mesh axes for one array's logical names (flax rule semantics)."""
-  names, seen = [], set()
-  for name in logical:
-    # flax refuses repeated names; one mesh axis can split only one dimension anyway.
-    names.append(None if isinstance(name, str) and name in seen else name)
-    seen.add(name)
-  return nn.logical_to_mesh_axes(names, _canonical_rules(rules))
+  return nn.logical_to_mesh_axes(layers.unique_names(logical), _canonical_rules(rules))
 
 
 def _padded(spec: P, ndim: int) -> tuple:

@@ -52,12 +52,17 @@ linear_init = trunc_normal(0.02)
 
 
 class _Partitioned(nn.LogicallyPartitioned):
-  """flax's logical box, but no sharding constraint on a value whose rank is not the
-  names' own: DenseGeneral unboxes its kernel at the flat 2-D init shape, before the
-  reshape to the named shape, which fails under a mesh and rules (flax 0.12)."""
+  """flax's logical box, constrained by `constrain` when read under a mesh and rules.
+
+  flax's own unbox fails there twice (flax 0.12): DenseGeneral unboxes its kernel at the
+  flat 2-D init shape, before the reshape to the named shape (no constraint then), and a
+  name repeated in one array (the decoders' clip_embed x clip_embed) is refused.
+  """
 
   def unbox(self, apply_constraint=True):
-    return super().unbox(apply_constraint and jnp.ndim(self.value) == len(self.names))
+    if not apply_constraint or jnp.ndim(self.value) != len(self.names):
+      return self.value
+    return constrain(self.value, self.names)
 
 
 def param_with_axes(init: Callable, names: tuple[str | None, ...]):
@@ -70,15 +75,26 @@ def param_with_axes(init: Callable, names: tuple[str | None, ...]):
 def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
   """`x` sharded as the logical rules in context map `names`; a no-op without rules.
 
-  flax's `nn.with_logical_constraint` with the mesh axes that do not divide a dimension
-  dropped (`fit_spec`), so that tiny models and odd head counts trace on any mesh.
+  flax's `nn.with_logical_constraint` with repeated names dropped (`unique_names`) and
+  the mesh axes that do not divide a dimension dropped (`fit_spec`), so that tiny models
+  and odd head counts trace on any mesh.
   """
   rules = nn.get_logical_axis_rules()
   mesh = jax.sharding.get_abstract_mesh()
   if not rules or mesh.empty:
     return x
-  spec = fit_spec(nn.logical_to_mesh_axes(names, rules), x.shape, mesh)
+  spec = fit_spec(nn.logical_to_mesh_axes(unique_names(names), rules), x.shape, mesh)
   return jax.lax.with_sharding_constraint(x, spec)
+
+
+def unique_names(names) -> list:
+  """A logical name repeated in one array is sharded at its first dimension only (one
+  mesh axis can split one dimension; flax refuses repeats)."""
+  out, seen = [], set()
+  for name in names:
+    out.append(None if isinstance(name, str) and name in seen else name)
+    seen.add(name)
+  return out
 
 
 def fit_spec(spec: P, shape: Sequence[int], mesh) -> P:
