@@ -169,6 +169,24 @@ def render(scene: Scene) -> np.ndarray:
   return frames.astype(np.uint8)
 
 
+def subsample(scene: Scene, num_frames: int) -> Scene:
+  """The scene at `num_frames` evenly spaced frames of its clip, first and last kept:
+  the disc makes the same whole motion in fewer frames.
+  `render(subsample(scene, n))` equals `render(scene)[frame_indices(scene.num_frames, n)]`."""
+  i = frame_indices(scene.num_frames, num_frames)
+  return dataclasses.replace(
+      scene, offsets=scene.offsets[i], disc_center=scene.disc_center[i],
+      disc_radius=scene.disc_radius[i], gain=scene.gain[i],
+      squares=tuple((center[i], half[i], color) for center, half, color in scene.squares))
+
+
+def frame_indices(length: int, num_frames: int) -> np.ndarray:
+  """int `[num_frames]`: evenly spaced indices into `length` frames, both ends kept."""
+  if not 1 <= num_frames <= length:
+    raise ValueError(f'num_frames must be in [1, {length}], got {num_frames}')
+  return np.linspace(0, length - 1, num_frames).round().astype(int)
+
+
 def _disc_path(rng: np.random.Generator, label: int, t: int, h: int, w: int,
                level: Difficulty) -> tuple[np.ndarray, np.ndarray]:
   """The informative disc's centre (y, x) float `[T, 2]` and radius float `[T]`.
