@@ -229,3 +229,38 @@ def test_variables_dict_is_refused():
   params, _ = _toy()
   with pytest.raises(ValueError, match='no blocks_'):
     optim.layer_decay_scales({'params': params}, 2, 0.75)
+
+
+def test_frozen_parameters_do_not_move_and_hold_no_optimizer_state():
+  """`frozen` regexes (CLIP stage 1: everything but the projectors): zero updates, no
+  Adam moments; the others train exactly as without the pattern."""
+  params, grads = _toy()
+  config = _config(total_steps=10)
+  tx = optim.make_optimizer(dict(config, frozen=('^blocks_', r'^patch_embed/')))
+  state = tx.init(params)
+  moments = _flat(jax.tree.map(np.asarray, state.inner_state))  # arrays only
+  assert not any(k.count('blocks_') or k.count('patch_embed') for k in moments), moments
+  p = params
+  for g in grads:
+    updates, state = jax.jit(tx.update)(g, state, p)
+    p = optax.apply_updates(p, updates)
+  got, before, want = _flat(p), _flat(params), _numpy_adamw(params, grads, config, [
+      1e-3, 1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi / 10))])
+  for k in got:
+    if k.startswith(('blocks_', 'patch_embed/')):
+      np.testing.assert_array_equal(got[k], before[k], err_msg=k)
+    else:  # layer decay scales are the unfrozen tree's
+      np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+def test_no_decay_patterns_add_to_the_official_rule():
+  params, _ = _toy()
+  tx = optim.make_optimizer(_config(no_decay=('^head_',), weight_decay=0.5, lr=1.0,
+                                    min_lr=1.0, warmup_lr=1.0, layer_decay=None))
+  zeros = jax.tree.map(np.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)  # only weight decay moves
+  flat = _flat(updates)
+  assert np.all(np.asarray(flat['head_0/kernel']) == 0)
+  assert np.any(np.asarray(flat['blocks_0/mlp/fc1/kernel']) != 0)
+  with pytest.raises(Exception, match='unterminated|missing'):
+    optim.make_optimizer(_config(frozen=('[',)))

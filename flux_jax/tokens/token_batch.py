@@ -49,6 +49,22 @@ class TokenBatch:
     return self.patches.shape[1]
 
 
+@flax.struct.dataclass
+class ClipBatch:
+  """A TokenBatch with one caption per clip, for video-text training (DESIGN.md 8).
+
+  Row i of `text` describes clip i; positives are matched by `tokens.video_index`, so two
+  clips of one video (num_sample > 1) share their captions as positives.
+
+  Attributes:
+    tokens: the clips.
+    text: int32 `[B, L]` caption token ids (flux_jax.data.tokenizer), 0-padded.
+  """
+
+  tokens: TokenBatch
+  text: Array
+
+
 def _xp(x):
   return jnp if isinstance(x, jax.Array) else np
 

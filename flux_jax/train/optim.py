@@ -25,8 +25,11 @@ import optax
 CONFIG_KEYS = frozenset({'lr', 'min_lr', 'warmup_lr', 'warmup_steps', 'total_steps',
                          'weight_decay', 'b1', 'b2', 'eps', 'layer_decay', 'clip_grad',
                          'depth'})
+# Optional keys: regexes over 'a/b/c' parameter paths (re.search).
+OPTIONAL_KEYS = {'frozen': (), 'no_decay': ()}
 # The official loop skips every non-finite step, however many in a row; the train loop
-# watches `skipped_updates` instead of letting optax apply NaNs after a streak.
+# stops a run after `train.max_nonfinite_steps` (`nonfinite_streak`) instead of letting optax
+# apply NaNs after a streak.
 _MAX_CONSECUTIVE_SKIPS = int(np.iinfo(np.int32).max)
 _EMBEDDING = ('cls_token', 'cls_pos', 'pos_embed', 'patch_embed')
 _BLOCK = re.compile(r'blocks_(\d+)$')
@@ -153,8 +156,20 @@ def _scale_by_layer(depth: int, decay: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(init, update)
 
 
+def param_path(path) -> str:
+  """'blocks_0/attn/qkv/kernel': the path the `frozen` and `no_decay` patterns match."""
+  return '/'.join(_names(path))
+
+
+def matches(params, patterns) -> Any:
+  """A tree of bools: whether any of the regexes `patterns` finds its parameter's path."""
+  compiled = [re.compile(p) for p in patterns]
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: any(c.search(param_path(path)) for c in compiled), params)
+
+
 def _check_keys(config: Mapping[str, Any]) -> None:
-  unknown = sorted(set(config) - CONFIG_KEYS)
+  unknown = sorted(set(config) - CONFIG_KEYS - set(OPTIONAL_KEYS))
   missing = sorted(CONFIG_KEYS - set(config))
   if unknown:
     raise ValueError(f'unknown optimizer config keys {unknown}; known: {sorted(CONFIG_KEYS)}')
@@ -168,7 +183,11 @@ def make_optimizer(config: Mapping[str, Any]) -> optax.GradientTransformation:
   Args:
     config: `lr`, `min_lr`, `warmup_lr` (already scaled, see `scaled_lr`),
       `warmup_steps`, `total_steps`, `weight_decay`, `b1`, `b2`, `eps`, `layer_decay`
-      (None or 1.0: off), `clip_grad` (global norm; None: off), `depth` (blocks).
+      (None or 1.0: off), `clip_grad` (global norm; None: off), `depth` (blocks);
+      optional `frozen` (regexes of parameter paths that never move: their updates are
+      zero and the optimizer keeps no state for them, big_vision's `schedule` with
+      None) and `no_decay` (regexes of paths without weight decay, beside the official
+      rule of `decay_mask`).
 
   Returns:
     A GradientTransformation whose state is optax's ApplyIfFiniteState; a skipped step
@@ -185,10 +204,26 @@ def make_optimizer(config: Mapping[str, Any]) -> optax.GradientTransformation:
   lr = schedule(peak_lr=config['lr'], min_lr=config['min_lr'],
                 warmup_lr=config['warmup_lr'], warmup_steps=config['warmup_steps'],
                 total_steps=config['total_steps'])
+  frozen, no_decay = (tuple(config.get(k, OPTIONAL_KEYS[k])) for k in OPTIONAL_KEYS)
+  for pattern in frozen + no_decay:
+    re.compile(pattern)  # a bad regex fails here, before anything is traced
+
+  def decays(params):
+    if not no_decay:
+      return decay_mask(params)
+    return jax.tree.map(lambda d, n: d and not n, decay_mask(params), matches(params, no_decay))
+
   chain = [] if clip is None else [optax.clip_by_global_norm(clip)]
   chain.append(optax.adamw(lr, b1=config['b1'], b2=config['b2'], eps=config['eps'],
-                           weight_decay=config['weight_decay'], mask=decay_mask))
-  if layer_decay is not None and layer_decay != 1.0:
+                           weight_decay=config['weight_decay'], mask=decays))
+  if frozen:
+    # Trained leaves go through the chain (masked: no state for the frozen ones), frozen
+    # ones get zero updates. Clipping sees the trained gradients only.
+    chain = [optax.multi_transform(
+        {'train': optax.chain(*chain), 'frozen': optax.set_to_zero()},
+        lambda params: jax.tree.map(lambda f: 'frozen' if f else 'train',
+                                    matches(params, frozen)))]
+  if layer_decay is not None and layer_decay != 1.0:  # on the whole tree: ids by path
     chain.append(_scale_by_layer(depth, layer_decay))
   return optax.apply_if_finite(optax.chain(*chain), _MAX_CONSECUTIVE_SKIPS)
 
@@ -196,3 +231,9 @@ def make_optimizer(config: Mapping[str, Any]) -> optax.GradientTransformation:
 def skipped_updates(opt_state) -> jax.Array:
   """How many steps `make_optimizer`'s optimizer skipped for non-finite gradients."""
   return opt_state.total_notfinite
+
+
+def nonfinite_streak(opt_state) -> jax.Array:
+  """How many steps in a row, up to the last, `make_optimizer`'s optimizer skipped (0:
+  the last step was finite)."""
+  return opt_state.notfinite_count
