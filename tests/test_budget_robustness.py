@@ -208,9 +208,3 @@ def test_budgets_set_every_head_and_default_to_the_fixed_grids_full_half_and_qua
   demo = synthetic_demo.get_config()
   assert br.run_config('multi', steps=None, size='tiny', data_dir='/d').model.head_budgets \
       == demo.model.head_budgets
-
-
-def test_its_flags_and_selector_recalls_live_in_one_process():
-  # absl flags are global: a name defined by two experiments fails at the second import.
-  from flux_jax.experiments import selector_recall  # pylint: disable=g-import-not-at-top
-  assert br._HEAD_BUDGETS.name == 'head_budgets' and selector_recall._BUDGETS.name == 'budgets'

@@ -95,12 +95,13 @@ FLUX_TOKENS = (32, 128)
 FLUX_FRAMES = (2, 16)
 
 FLAGS = flags.FLAGS
+DEMO = 'synthetic_demo'  # the shipped recipe every run starts from by default
 
 
 def _define_flags() -> None:
   """The command line's flags, defined when run as a program: importing the module
   adds no global flag."""
-  flags.DEFINE_string('config', config_lib.recipe('synthetic_demo.py'), 'Config every run '
+  flags.DEFINE_string('config', config_lib.recipe(DEMO), 'Config every run '
                       'starts from (PATH[:arg]); --steps, --size and the run set the rest.')
   flags.DEFINE_string('workdir', 'workdir/budget', 'Dataset, runs and results.')
   flags.DEFINE_integer('steps', 3000, 'Fine-tuning steps of each run.')
@@ -140,15 +141,17 @@ def run_config(run: str, *, steps: int | None, size: str, data_dir: str,
                fixed: tuple[int, int] = FIXED, init: str = '',
                flux_tokens: tuple[int, int] | None = FLUX_TOKENS,
                flux_frames: tuple[int, int] | None = FLUX_FRAMES,
-               budget: int | None = None, budgets: tuple[int, ...] | None = None):
-  """configs/synthetic_demo.py trained as `run` (a key of RUNS) on `fixed` if w/o Flux,
+               budget: int | None = None, budgets: tuple[int, ...] | None = None,
+               base: str = DEMO):
+  """The config `base` (PATH[:arg]; default the shipped configs/synthetic_demo.py) trained
+  as `run` (a key of RUNS) on `fixed` if w/o Flux,
   from the params directory `init` ('': from scratch); steps None: the config's. Its
   heads serve `budgets` (full first; None: the demo config's). The Flux rows draw grids
   of `flux_tokens` (min, max) raw tokens, padded to the max, and `flux_frames` (min, max)
   frames; None: the demo config's. The one-head rows train one head at `budget` (None:
   the full budget; below the grid's raw tokens the selector reduces every step, as for
   the ceiling)."""
-  config = config_lib.load(FLAGS.config)
+  config = config_lib.load(base)
   if steps is not None:
     config.train.steps = steps
   config.data.config = size
@@ -178,14 +181,15 @@ def run_config(run: str, *, steps: int | None, size: str, data_dir: str,
   return config
 
 
-def pretrain_config(kind: str, *, steps: int, size: str, data_dir: str):
+def pretrain_config(kind: str, *, steps: int, size: str, data_dir: str, base: str = DEMO):
   """The pre-training every row fine-tunes (a key of PRETRAINS), from scratch: 'multi' is
   the demo config itself (Flux-Multi on its 64..256 raw tokens, every head), 'noflux' one
   head on PRETRAIN_GRID reduced to the full budget."""
   if kind == 'multi':
     return run_config('multi', steps=steps, size=size, data_dir=data_dir, flux_tokens=None,
-                      flux_frames=None)
-  return run_config('noflux', steps=steps, size=size, data_dir=data_dir, fixed=PRETRAIN_GRID)
+                      flux_frames=None, base=base)
+  return run_config('noflux', steps=steps, size=size, data_dir=data_dir, fixed=PRETRAIN_GRID,
+                    base=base)
 
 
 def flux_tokens_for(full: int) -> tuple[int, int]:
@@ -231,7 +235,8 @@ def ceiling(budget: int, *, root: str, size: str, data_dir: str, fixed: tuple[in
   """The ceiling row: one head fine-tuned w/o Flux on `fixed` reduced to `budget` by the
   selector (WORKDIR/ceiling), evaluated there alone, as `summarize` gives it."""
   config = run_config('noflux', steps=FLAGS.steps, size=size, data_dir=data_dir,
-                      fixed=fixed, init=init, budget=budget, budgets=budgets)
+                      fixed=fixed, init=init, budget=budget, budgets=budgets,
+                      base=FLAGS.config)
   params = train_once(config, os.path.join(root, CEILING))
   (row,) = evaluate_fixed(CEILING, params, config, (budget,),
                           os.path.join(root, CEILING, 'to'), fixed)
@@ -417,7 +422,7 @@ def main(argv):
   init, results = '', []
   if FLAGS.pretrain_steps:
     pre = pretrain_config(FLAGS.pretrain, steps=FLAGS.pretrain_steps, size=FLAGS.size,
-                          data_dir=data_dir)
+                          data_dir=data_dir, base=FLAGS.config)
     init = train_once(pre, os.path.join(root, PRETRAIN))
     results = evaluate_fixed(PRETRAIN, init, pre, tuple(pre.model.head_budgets),
                              os.path.join(root, PRETRAIN, 'to'), fixed)
@@ -433,7 +438,7 @@ def main(argv):
   for run, name in RUNS.items():
     config = run_config(run, steps=FLAGS.steps, size=FLAGS.size, data_dir=data_dir,
                         fixed=fixed, init=init, flux_tokens=flux_tokens,
-                        flux_frames=flux_frames, budgets=budgets)
+                        flux_frames=flux_frames, budgets=budgets, base=FLAGS.config)
     params = train_once(config, os.path.join(root, run))
     rows, _ = token_optimization.evaluate_checkpoint(
         params, os.path.join(root, run, 'to'), frames=frames, resolutions=resolutions,
