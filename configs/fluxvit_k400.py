@@ -40,7 +40,8 @@ def get_config(arg: str | None = None):
       mode=a['mode'], budgets=(3072, 2048, 1024), single_budget=2048, single_head=1,
       global_batch_size=a['batch'] * 2,  # clips: videos x num_sample
       epochs=a['epochs'], steps=0,  # steps > 0 overrides epochs
-      smoothing=0.1, log_every=50))
+      smoothing=0.1, log_every=50,
+      max_nonfinite_steps=10))  # a streak of NaN/inf steps stops the run
   config.mixup = common.mixup()
   config.optim = common.optim(lr=2e-4, warmup_epochs=1.0)
   config.eval = common.ConfigDict(dict(every_steps=0, frames=8, resolution=224, budget=2048,

@@ -36,7 +36,7 @@ def get_config(arg: str | None = None):
   config.train = common.ConfigDict(dict(
       mode='multi', budgets=(64, 32, 16), single_budget=32, single_head=1,
       global_batch_size=a['batch'], epochs=0, steps=a['steps'], smoothing=0.1,
-      log_every=20))
+      log_every=20, max_nonfinite_steps=10))  # a streak of NaN/inf steps stops the run
   config.mixup = common.mixup(enabled=False)
   config.optim = common.optim(lr=2e-3, scale_lr=False, min_lr=1e-5, warmup_lr=1e-5,
                               warmup_epochs=0.5, weight_decay=0.05, layer_decay=None)

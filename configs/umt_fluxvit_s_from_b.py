@@ -62,7 +62,7 @@ def get_config(arg: str | None = None):
   config.train = common.ConfigDict(dict(
       mode='distill', budgets=(3072, 2048, 1024), single_budget=2048, single_head=1,
       global_batch_size=a['batch'], epochs=a['epochs'], steps=0, smoothing=0.0,
-      log_every=50))
+      log_every=50, max_nonfinite_steps=10))  # a streak of NaN/inf steps stops the run
   iv2 = 'iv2_1b' in (a['teacher'], a['teacher_model'])
   if not iv2 and a['teacher_model'] != 'base':
     raise ValueError(f"teacher_model={a['teacher_model']!r} is not 'base' or 'iv2_1b'")

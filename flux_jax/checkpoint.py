@@ -6,7 +6,9 @@ A params checkpoint is one orbax composite directory, self-describing:
   DIR/config   JSON {'model': model_config(model), 'metadata': {...}}
 
 so `load_params(DIR)` rebuilds the model and its params from DIR alone; `init_from`
-starts a run from one.
+starts a run from one. `save_params` writes DIR.partial beside DIR and renames it: DIR
+holds the old params until the new ones are whole (between the two renames, for an
+instant, the old ones are DIR.replaced, which the readers take when DIR is missing).
 
 A training checkpoint is one step of one orbax CheckpointManager (DESIGN.md 4, house
 style 6), under WORKDIR/checkpoints:
@@ -35,6 +37,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from flux_jax import hosts
 from flux_jax.model.fluxvit import (PER_HEAD_MODULES, FluxViT, abstract_params, make_model,
                                     param_specs)
 from flux_jax.model.layers import CLASSES
@@ -46,6 +49,7 @@ DATA = 'data'
 CHECKPOINTS = 'checkpoints'  # the CheckpointManager's folder inside a workdir
 PARAMS_DIR = 'params'  # WORKDIR/params: a finished run's params checkpoint (load_params)
 _MAX_LISTED = 8  # per kind of mismatch in error messages
+PARTIAL, REPLACED = '.partial', '.replaced'  # beside a params checkpoint while it is saved
 
 
 def _absolute(directory: str | os.PathLike) -> epath.Path:
@@ -65,6 +69,22 @@ def _registry() -> ocp.DefaultCheckpointHandlerRegistry:
     for args in arg_types:
       registry.add(item, args)  # the handler registered for these args
   return registry
+
+
+def _beside(path: epath.Path, suffix: str) -> epath.Path:
+  return path.parent / (path.name + suffix)
+
+
+def _params_dir(directory: str | os.PathLike) -> epath.Path:
+  """The params checkpoint at `directory`, or the old one that a save killed between its
+  two renames left beside it."""
+  path = _absolute(directory)
+  replaced = _beside(path, REPLACED)
+  if not path.exists() and replaced.is_dir():
+    logging.warning('%s is missing: a save_params was interrupted; reading the previous '
+                    'params from %s', path, replaced)
+    return replaced
+  return path
 
 
 @contextlib.contextmanager
@@ -116,14 +136,16 @@ def save_params(directory: str | os.PathLike, params, model_config: Mapping[str,
     params: the float32 param pytree of `make_model(model_config)`.
     model_config: `model_config(model)` (or any config `make_model` accepts).
     metadata: JSON-friendly notes kept beside the config (e.g. the source file).
-    overwrite: replace an existing non-empty directory.
+    overwrite: replace an existing non-empty directory, which stays whole until the new
+      params are (written to DIR.partial, then renamed; a failed save leaves DIR.partial,
+      which the next one removes).
 
   Raises:
     ValueError: the directory holds files and `overwrite` is False, the params do not
       match the config, or the config or metadata is not JSON-serializable.
   """
-  path = _absolute(directory)
-  if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+  path, existing = _absolute(directory), _params_dir(directory)
+  if existing.exists() and (not existing.is_dir() or any(existing.iterdir())) and not overwrite:
     raise ValueError(f'{directory}: exists and is not an empty directory; pass '
                      'overwrite=True to replace it')
   config = {'model': dict(model_config), 'metadata': dict(metadata or {})}
@@ -134,16 +156,34 @@ def save_params(directory: str | os.PathLike, params, model_config: Mapping[str,
                      f'{e}') from e
   model = make_model(config['model'])
   _check_params(abstract_params(model), params, f'save_params({directory})')
+  partial, replaced = _beside(path, PARTIAL), _beside(path, REPLACED)
+
+  def clean():  # what a failed or killed save left, orbax's temporary dirs too
+    for leftover in path.parent.glob(partial.name + '*'):
+      leftover.rmtree()
+
+  hosts.on_process_zero('save_params clean', clean)
   with _checkpointer() as ckptr:
-    # force: orbax refuses any existing path, even the empty one we accept.
-    ckptr.save(path, args=ocp.args.Composite(**{PARAMS: ocp.args.StandardSave(params),
-                                                CONFIG: ocp.args.JsonSave(config)}),
+    # Beside, not in place: orbax's force=True deletes the old params before writing.
+    ckptr.save(partial, args=ocp.args.Composite(**{
+        PARAMS: ocp.args.StandardSave(params), CONFIG: ocp.args.JsonSave(config)}),
                force=True)
+
+  def swap():  # at every instant the old params or the new ones are whole
+    if path.exists():
+      if replaced.exists():  # an older interrupted save's, older than `path`
+        replaced.rmtree()
+      path.rename(replaced)
+    partial.rename(path)
+    if replaced.exists():
+      replaced.rmtree()
+
+  hosts.on_process_zero('save_params rename', swap)
 
 
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
   """The JSON of a params checkpoint: {'model': model config, 'metadata': {...}}."""
-  path = _absolute(directory)
+  path = _params_dir(directory)
   if not path.is_dir():
     raise ValueError(f'{directory}: no such checkpoint directory')
   if not (path / CONFIG).is_dir() or not (path / PARAMS).is_dir():
@@ -185,7 +225,7 @@ def load_params(directory: str | os.PathLike, shardings=None) -> tuple[FluxViT, 
   if shardings is None:
     shardings = jax.tree.map(
         lambda _: jax.sharding.SingleDeviceSharding(jax.local_devices()[0]), abstract)
-  path = _absolute(directory)
+  path = _params_dir(directory)
   with _checkpointer() as ckptr:
     stored = ckptr.metadata(path).item_metadata[PARAMS].tree
     _check_params(abstract, stored, os.fspath(directory))
@@ -233,6 +273,7 @@ class TrainCheckpointer:
         create=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           handler_registry=_registry())
+    self._closed = False
 
   def latest_step(self) -> int | None:
     """The newest finished checkpoint's step, None when there is none."""
@@ -240,6 +281,10 @@ class TrainCheckpointer:
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
+
+  def due(self, step: int) -> bool:
+    """Whether `save(step, ...)` would save without `force` (interval or preemption)."""
+    return self._manager.should_save(step)
 
   def save(self, step: int, state, data: Mapping[str, Any], *, force: bool = False) -> bool:
     """Saves `state` and the input's position `data` (JSON) if `step` is due (or `force`).
@@ -299,8 +344,10 @@ class TrainCheckpointer:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
-    """Waits for pending saves and releases the manager."""
-    self._manager.close()
+    """Waits for pending saves and releases the manager; once."""
+    if not self._closed:
+      self._closed = True
+      self._manager.close()
 
   def __enter__(self) -> TrainCheckpointer:
     return self

@@ -51,6 +51,15 @@ def process_zero_first(name: str, fn: Callable[[], _T], timeout_s: float = WAIT_
   return result if jax.process_index() == 0 else fn()
 
 
+def on_process_zero(name: str, fn: Callable[[], None], timeout_s: float = WAIT_S) -> None:
+  """Runs `fn` on process 0 while the others wait for it: a write to shared storage that
+  every process reads after this call."""
+  if jax.process_index() == 0:
+    fn()
+  if jax.process_count() > 1:
+    barrier(f'flux_jax {name} #{next(_CALLS)}', timeout_s)
+
+
 # --accelerator: the platform a launcher expects, and the jax extras that provide it.
 ACCELERATOR_EXTRAS = {'tpu': ('tpu',), 'gpu': ('cuda12', 'cuda13')}
 

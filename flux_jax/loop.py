@@ -8,10 +8,12 @@ entry points (flux_jax.cli) call it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from absl import logging
 import flax.linen as nn
@@ -24,7 +26,7 @@ import tqdm
 from flux_jax import checkpoint
 from flux_jax import sharding
 from flux_jax.data import pipeline
-from flux_jax.data.sources import open_dataset
+from flux_jax.data.sources import describe, open_dataset
 from flux_jax.data.to_device import batch_stats, host_rows, to_global
 from flux_jax.eval.multiview import evaluate_dataset, make_eval_step, to_host
 from flux_jax.model.fluxvit import FluxViT, make_model, model_config
@@ -38,18 +40,46 @@ from flux_jax.xla import CompileCounter
 
 PARAMS_DIR = checkpoint.PARAMS_DIR  # WORKDIR/params: the finished run's params
 PROGRESS_SECONDS = 60.0  # the longest gap between progress lines
+MAX_NONFINITE_STEPS = 10  # train.max_nonfinite_steps when a config does not set it
 
 
 class MetricWriter:
   """Metrics to WORKDIR/metrics.jsonl and TensorBoard event files in WORKDIR/tb.
 
+  A run that starts at step `start` (resumed from its checkpoint) continues both from
+  there: rows and events of later steps, written before the run stopped, are dropped.
   Process 0 writes; the other processes of a multi-host job make the same calls for free.
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, start: int = 0):
     self._path = os.path.join(workdir, 'metrics.jsonl')
     self._active = jax.process_index() == 0
-    self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tb')) if self._active else None
+    self._tb = None
+    if self._active:
+      self._truncate(start)
+      # TensorBoard hides the events of steps >= purge_step written before this one.
+      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tb'),
+                                            purge_step=start + 1)
+
+  def _truncate(self, start: int) -> None:
+    """Drops the rows after step `start` (and a last line cut short by a kill)."""
+    if not os.path.exists(self._path):
+      return
+    with open(self._path) as f:
+      lines = f.readlines()
+    kept = []
+    for line in lines:
+      try:
+        if json.loads(line)['step'] <= start:
+          kept.append(line)
+      except (ValueError, KeyError, TypeError):
+        pass
+    if len(kept) < len(lines):
+      logging.info('%s: dropping %d rows after step %d', self._path, len(lines) - len(kept),
+                   start)
+      with open(self._path + '.tmp', 'w') as f:  # a kill now leaves the old file whole
+        f.writelines(kept)
+      os.replace(self._path + '.tmp', self._path)
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not self._active:
@@ -65,12 +95,123 @@ class MetricWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+      self._tb = None
+
+  def __enter__(self) -> MetricWriter:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
 
 
 def _duration(seconds: float) -> str:
   m, s = divmod(int(round(seconds)), 60)
   h, m = divmod(m, 60)
   return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s'
+
+
+def _positive_int(key: str, value, minimum: int = 1) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ValueError(f'{key}={value!r} must be an integer >= {minimum}')
+
+
+def max_nonfinite_steps(config) -> int:
+  """train.max_nonfinite_steps: consecutive non-finite steps that stop a run."""
+  return config.train.get('max_nonfinite_steps', MAX_NONFINITE_STEPS)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Refuses, before anything is built, a config that would fail later in a run: the
+  keys the loop, the evaluation and the params export read (the model and the Flux space
+  included). Needs no data and no device, so `bench aot` can call it too.
+
+  Raises:
+    ValueError: naming the key and the value.
+  """
+  model = make_model(config.model)  # refuses unknown or bad model keys
+  t, d, e = config.train, config.data, config.eval
+  for key, value in (('train.log_every', t.log_every),
+                     ('train.max_nonfinite_steps', max_nonfinite_steps(config)),
+                     ('train.global_batch_size', t.global_batch_size),
+                     ('data.num_sample', d.num_sample),
+                     ('checkpoint.every_steps', config.checkpoint.every_steps),
+                     ('checkpoint.keep', config.checkpoint.keep),
+                     ('eval.frames', e.frames), ('eval.resolution', e.resolution),
+                     ('eval.num_clips', e.num_clips), ('eval.num_crops', e.num_crops),
+                     ('eval.batch_size', e.batch_size)):
+    _positive_int(key, value)
+  _positive_int('data.workers', d.workers, minimum=0)
+  if isinstance(e.every_steps, bool) or not isinstance(e.every_steps, int):
+    raise ValueError(f'eval.every_steps={e.every_steps!r} must be an integer (N > 0: every N '
+                     'steps, 0: at the end, < 0: never)')
+  if t.global_batch_size % d.num_sample:
+    raise ValueError(f'train.global_batch_size={t.global_batch_size} must divide by '
+                     f'data.num_sample={d.num_sample}')
+  for key, (lo, hi), top in (('data.scale', d.scale, 1.0), ('data.ratio', d.ratio, math.inf)):
+    if not 0 < lo <= hi <= top:
+      raise ValueError(f'{key}={tuple((lo, hi))} must be (low, high) with 0 < low <= high'
+                       + (f' <= {top}' if top < math.inf else ''))
+  sampler = PlanSampler.from_config(config.flux, patch_size=model.patch_size,
+                                    tubelet_size=model.tubelet_size)
+  if config.n_max < sampler.max_plan_tokens:
+    raise ValueError(f'n_max={config.n_max} is smaller than the largest plan of config.flux '
+                     f'({sampler.max_plan_tokens} tokens); raise n_max or lower '
+                     'flux.max_tokens')
+  if e.resolution % model.patch_size:
+    raise ValueError(f'eval.resolution={e.resolution} is not a multiple of the patch size '
+                     f'{model.patch_size}')
+  if e.frames % model.tubelet_size:
+    raise ValueError(f'eval.frames={e.frames} is not a multiple of the tubelet size '
+                     f'{model.tubelet_size}')
+  if e.batch_size % e.num_crops:
+    raise ValueError(f'eval.batch_size={e.batch_size} must divide by '
+                     f'eval.num_crops={e.num_crops}')
+  if e.budget is not None:
+    _positive_int('eval.budget', e.budget)
+  if e.head is not None and not 0 <= e.head < len(model.head_budgets):
+    raise ValueError(f'eval.head={e.head} is not a head of the model (head_budgets '
+                     f'{tuple(model.head_budgets)})')
+
+
+def stream_fingerprint(config, train_src) -> dict[str, Any]:
+  """Everything that shapes the batches of step s, as JSON: saved with each checkpoint
+  and compared on resume. The input's position is the step; these fix what it holds."""
+  d = config.data
+  out = {'seed': config.seed, 'global_batch_size': config.train.global_batch_size,
+         'num_sample': d.num_sample, 'n_max': config.n_max,
+         **{f'flux.{k}': v for k, v in config.flux.items()},
+         **{f'data.{k}': d[k] for k in ('flip', 'scale', 'ratio')},
+         **describe(train_src)}  # dataset name, config, version, split, size, bytes
+  return json.loads(json.dumps(out))  # tuples as lists, as they come back
+
+
+def _check_stream(saved: Mapping[str, Any], stream: Mapping[str, Any], where: str) -> None:
+  """Refuses to resume on other batches than the checkpoint's run saw, naming the keys."""
+  differ = [f'{k}: checkpoint {saved[k]!r}, config {v!r}' for k, v in stream.items()
+            if k in saved and saved[k] != v]
+  if differ:
+    raise ValueError(f'{where}: its checkpoints were written for another input stream; '
+                     'resuming would train on other batches:\n  ' + '\n  '.join(differ)
+                     + '\nUse a new workdir, or the saved values.')
+  unknown = sorted(set(stream) - set(saved))
+  if unknown:  # a checkpoint written before these keys were saved
+    logging.warning('%s: the checkpoint does not record %s; not compared', where, unknown)
+
+
+def _check_finite(state: TrainState, step: int, limit: int,
+                  ckpt: checkpoint.TrainCheckpointer) -> None:
+  """Stops a diverged run: its last `limit` steps all had non-finite gradients (optax
+  skipped them, so it would otherwise train on to the end with frozen params)."""
+  streak = int(optim.nonfinite_streak(state.opt_state))
+  if streak < limit:
+    return
+  ckpt.wait()  # saves in flight count
+  good = [s for s in ckpt.all_steps() if s <= step - streak]  # saved before the streak
+  raise FloatingPointError(
+      f'step {step}: the last {streak} steps had non-finite gradients '
+      f'(train.max_nonfinite_steps={limit}); the run diverged. ' +
+      (f'The last good checkpoint is step {good[-1]} in {ckpt.directory}.' if good else
+       f'No checkpoint in {ckpt.directory} precedes step {step - streak + 1}.'))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -83,7 +224,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   checkpoint exactly as if it had not stopped. `progress` takes a line (step, loss,
   steps/s, ETA) every `train.log_every` steps and at least every PROGRESS_SECONDS, on
   process 0: cluster logs and piped output see the run move, a terminal also gets a bar.
+  The config is validated first; the input iterator, checkpointer and metric writer are
+  closed on every exit path.
+
+  Raises:
+    FloatingPointError: `train.max_nonfinite_steps` steps in a row had non-finite
+      gradients, or the last step did (then the params are not exported).
   """
+  validate(config)
+  with contextlib.ExitStack() as resources:
+    return _run(config, workdir, stop_at, progress, resources)
+
+
+def _run(config, workdir: str, stop_at: int | None, progress: Callable[[str], Any],
+         resources: contextlib.ExitStack) -> tuple[TrainState, dict[str, Any]]:
+  """train_and_evaluate's body; `resources` closes whatever it opens."""
   os.makedirs(workdir, exist_ok=True)
   # ----------------------------------------------------------------- Mesh, model --
   mesh = sharding.make_mesh(dict(config.mesh))
@@ -103,17 +258,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   distillation, batch_sh, state_sh = (program.distillation, program.batch_sharding,
                                       program.state_shardings)
   d = config.data
-  # The input's position is the step: these keys fix what the stream of step s holds.
-  stream = dict(seed=config.seed, global_batch_size=config.train.global_batch_size,
-                num_sample=d.num_sample)
-  ckpt = checkpoint.TrainCheckpointer(workdir, keep=config.checkpoint.keep,
-                                      save_every=config.checkpoint.every_steps)
+  stream = stream_fingerprint(config, train_src)
+  ckpt = resources.enter_context(checkpoint.TrainCheckpointer(
+      workdir, keep=config.checkpoint.keep, save_every=config.checkpoint.every_steps))
   if ckpt.latest_step() is not None:
-    saved = {k: v for k, v in ckpt.data().items() if k in stream}
-    if saved != stream:
-      raise ValueError(f'{workdir}: its checkpoints were written with input {saved}, the '
-                       f'config asks for {stream}; resuming would train on other batches. '
-                       'Use a new workdir, or the saved values.')
+    _check_stream(ckpt.data(), stream, workdir)
     state = ckpt.restore(None, jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
         program.state_shapes, state_sh))
@@ -137,12 +286,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if d.workers:
     train_ds = train_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.workers))
   train_iter = iter(train_ds)
+  resources.callback(train_iter.close)  # grain's workers and their shared memory
 
   # --------------------------------------------------------- Compile, memory -----
   rng = jax.random.key(config.seed + 1)
   teacher = program.teacher_args
-  first = next(train_iter)
-  tokens = to_global(first, batch_sh)
+  host = next(train_iter)  # compiled for, then trained on; not kept (grain's shared memory)
+  tokens = to_global(host, batch_sh)
   counter = CompileCounter()
   with counter:
     compiled = program.lower(state, tokens, rng).compile()
@@ -162,17 +312,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                               num_clips=e.num_clips, num_crops=e.num_crops)
 
   # ----------------------------------------------------------------------- Loop --
-  writer = MetricWriter(workdir)
+  writer = resources.enter_context(MetricWriter(workdir, start))
+  limit = max_nonfinite_steps(config)
   logging.info('training steps %d..%d (%d per epoch, warmup %d)', start, total, per_epoch,
                warmup)
   stats: dict[str, int] = {}
   result: dict[str, Any] = {}
-  t0, seen_tokens, host = time.perf_counter(), 0, first
+  t0, seen_tokens = time.perf_counter(), 0
   last_line = t0
   end = total if stop_at is None else min(stop_at, total)
   # A bar on a terminal only (disable=None); cluster logs get the log lines below.
-  bar = tqdm.tqdm(total=total, initial=start, desc='train', unit='step', dynamic_ncols=True,
-                  disable=None if jax.process_index() == 0 else True)
+  bar = resources.enter_context(tqdm.tqdm(
+      total=total, initial=start, desc='train', unit='step', dynamic_ncols=True,
+      disable=None if jax.process_index() == 0 else True))
   for step in range(start, end):
     if host is None:
       host = next(train_iter)
@@ -181,6 +333,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     seen_tokens += int(host['valid'].sum())
     tokens = to_global(host, batch_sh)
     host = None
+    # The previous step's streak, read once this batch is on its way: one sync per step.
+    _check_finite(state, step, limit, ckpt)
     with counter:
       state, metrics = compiled(state, tokens, rng, *teacher)
     done = step + 1
@@ -204,10 +358,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       result = run_eval()
       writer.write(done, {f'eval_{k}': v for k, v in result.items()})
       logging.info('step %d eval %s', done, result)
-    ckpt.save(done, state, dict(stream, step=done), force=done in (total, end))
+    force = done in (total, end)
+    # Not in a streak of skipped steps: its saves would push out the last good ones (a
+    # save waits for the step anyway, so reading the streak then costs nothing).
+    if force or (ckpt.due(done) and not int(optim.nonfinite_streak(state.opt_state))):
+      ckpt.save(done, state, dict(stream, step=done), force=force)
   bar.close()
   writer.close()
+  train_iter.close()
   ckpt.wait()
+  _check_finite(state, end, limit, ckpt)
   ckpt.close()
   # eval.every_steps: N > 0 every N steps and at the end, 0 at the end only, < 0 never;
   # distillation trains no classifier.
@@ -225,7 +385,18 @@ def export_params(config, workdir: str, model: FluxViT, state: TrainState,
 
   `checkpoint.load_params(WORKDIR/params)` rebuilds the model; the metadata carries what
   deployment needs (class names, the evaluation grid) and the training config.
+
+  Raises:
+    FloatingPointError: the state's last step had non-finite gradients: its params are
+      those before the skipped steps, not the trained result.
   """
+  streak = int(optim.nonfinite_streak(state.opt_state))
+  if streak:
+    step = int(state.step)
+    raise FloatingPointError(
+        f'{workdir}: the last {streak} steps up to step {step} had non-finite gradients; '
+        f'the params are not exported. Train again from the checkpoint of step '
+        f'{step - streak} or earlier (a lower optim.lr, optim.clip_grad).')
   e = config.eval
   path = os.path.join(workdir, PARAMS_DIR)
   checkpoint.save_params(path, state.params, model_config(model), overwrite=True, metadata=dict(

@@ -80,5 +80,5 @@ def test_one_pass_serves_every_budget(tiny, monkeypatch):
     keep = None if r['budget'] >= 128 else r['budget']
     alone = multiview.evaluate_dataset(budgets_lib._eval_step(model, keep, r['head']), params,
                                        source, model=model, **common)
-    assert {k: r[k] for k in ('top1', 'top5', 'videos')} == alone
+    assert {k: r[k] for k in ('top1', 'top5', 'videos', 'unreadable')} == alone
     assert r['videos'] == 12

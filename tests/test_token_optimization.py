@@ -267,7 +267,8 @@ def test_a_held_out_split_picks_the_best_grid_and_validation_reports_it(run, tmp
                          and r['resolution'] == best_argmax['resolution']))
   with open(paths['json']) as f:
     assert [r['best'] for r in json.load(f)['rows']] == [r['best'] for r in rows]
-  assert to_lib.markdown_table(rows).splitlines()[0].endswith('| selection top-1 | best |')
+  assert to_lib.markdown_table(rows).splitlines()[0].endswith(
+      '| selection top-1 | unreadable | best |')
   assert 'selection' not in to_lib.markdown_table(plain)
 
   out = str(tmp_path / 'refused')

@@ -6,6 +6,7 @@ when it feeds a FluxViT forward.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 
@@ -53,15 +54,20 @@ def _dataset(source, sampler, batch, workers):
   return ds
 
 
+def _batches(source, sampler, batch, workers):
+  """The dataset's iterator, closed on leaving (grain's workers and shared memory)."""
+  return contextlib.closing(iter(_dataset(source, sampler, batch, workers)))
+
+
 def pipeline_rate(source, sampler, batch: int, steps: int, workers: int):
-  it = iter(_dataset(source, sampler, batch, workers))
-  next(it)  # start-up (worker spawn) is not steady state
-  t0 = time.perf_counter()
-  tokens = 0
-  for _ in range(steps):
-    b = next(it)
-    tokens += int(b['valid'].sum())
-  dt = time.perf_counter() - t0
+  with _batches(source, sampler, batch, workers) as it:
+    next(it)  # start-up (worker spawn) is not steady state
+    t0 = time.perf_counter()
+    tokens = 0
+    for _ in range(steps):
+      b = next(it)
+      tokens += int(b['valid'].sum())
+    dt = time.perf_counter() - t0
   return batch * steps / dt, tokens / dt
 
 
@@ -71,16 +77,16 @@ def stall_share(source, sampler, batch: int, steps: int, workers: int, variant: 
   params = init_params(model, jax.random.key(0))
   forward = jax.jit(functools.partial(model.apply, budget=512, head=1))
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  it = iter(_dataset(source, sampler, batch, workers))
-  jax.block_until_ready(forward({'params': params}, to_global(next(it), sharding)))
-  wait = 0.0
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    w0 = time.perf_counter()
-    tokens = to_global(next(it), sharding)
-    wait += time.perf_counter() - w0
-    jax.block_until_ready(forward({'params': params}, tokens))
-  return wait / (time.perf_counter() - t0)
+  with _batches(source, sampler, batch, workers) as it:
+    jax.block_until_ready(forward({'params': params}, to_global(next(it), sharding)))
+    wait = 0.0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      w0 = time.perf_counter()
+      tokens = to_global(next(it), sharding)
+      wait += time.perf_counter() - w0
+      jax.block_until_ready(forward({'params': params}, tokens))
+    return wait / (time.perf_counter() - t0)
 
 
 def run(batch: int = 4, steps: int = 12, videos: int = 24, variant: str = 'small'):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
+from absl import logging
+from etils import epath
 import tensorflow_datasets as tfds
 
 
@@ -20,6 +22,21 @@ def open_dataset(config: Mapping[str, Any]):
   names = builder.info.features['label'].names
   return (builder.as_data_source(config['train_split']),
           builder.as_data_source(config['eval_split']), names)
+
+
+def describe(source) -> dict[str, Any]:
+  """What identifies the examples of a data source of `open_dataset`, as JSON: the
+  dataset's name, config, version and split spec, its size, and the bytes of the splits
+  it reads (a rebuilt dataset of the same size differs there)."""
+  out = {'dataset.size': len(source)}
+  info = getattr(source, 'dataset_info', None)
+  if info is not None:
+    instructions = tfds.core.ReadInstruction.from_spec(source.split).to_absolute(info.splits)
+    out.update({'dataset.name': info.name, 'dataset.config': info.config_name,
+                'dataset.version': str(info.version), 'dataset.split': str(source.split),
+                'dataset.bytes': sum(int(info.splits[name].num_bytes) for name in
+                                     sorted({i.splitname for i in instructions}))})
+  return out
 
 
 def shared_examples(builder: tfds.core.DatasetBuilder, split_a: str, split_b: str) -> int:
@@ -43,12 +60,28 @@ def open_builder(config: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
     from flux_jax.data.builders import synthetic_motion  # pylint: disable=g-import-not-at-top
     builder = synthetic_motion.build(config['config'], data_dir)
   elif name == 'video_csv':
-    path = os.path.join(data_dir, 'video_csv', config['config'])
-    versions = sorted(os.listdir(path)) if os.path.isdir(path) else []
-    if not versions:
-      raise ValueError(f'data.config={config["config"]!r}: no built video_csv dataset in '
-                       f'{path}; build it with flux_jax.data.builders.video_csv.build')
-    builder = tfds.builder_from_directory(os.path.join(path, versions[-1]))
+    builder = tfds.builder_from_directory(newest_version(
+        os.path.join(data_dir, 'video_csv', config['config']), config['config']))
   else:
     raise ValueError(f"data.name={name!r} is not 'synthetic_motion' or 'video_csv'")
   return builder
+
+
+def newest_version(path: str, config_name: str) -> str:
+  """The newest finished version directory of a built dataset config at `path`.
+
+  Never a build in progress or killed (TFDS's `incomplete.*` directories) or a version
+  directory that lacks files: those are skipped and logged.
+  """
+  from flux_jax.data.builders.common import incomplete_reason  # pylint: disable=g-import-not-at-top
+  names = os.listdir(path) if os.path.isdir(path) else []
+  versions = sorted((tfds.core.Version(n) for n in names if tfds.core.Version.is_valid(n)),
+                    reverse=True)
+  for version in versions:
+    why = incomplete_reason(epath.Path(path) / str(version))
+    if why is None:
+      return os.path.join(path, str(version))
+    logging.warning('%s/%s is not a finished build (%s): skipped', path, version, why)
+  raise ValueError(f'data.config={config_name!r}: no finished video_csv build in {path} '
+                   f'(found {sorted(names)}); build it with '
+                   'flux_jax.data.builders.video_csv.build')

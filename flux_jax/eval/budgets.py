@@ -8,7 +8,7 @@ from typing import Sequence
 
 import jax
 
-from flux_jax.eval.multiview import evaluate_each, make_eval_step, views
+from flux_jax.eval.multiview import evaluate_each, make_eval_step, views, with_unreadable
 from flux_jax.model.fluxvit import FluxViT
 from flux_jax.tokens.plan import FluxPlan
 from flux_jax.tokens.select import keeps_all
@@ -38,7 +38,7 @@ def accuracy_by_budget(model: FluxViT, params, source, *, budgets: Sequence[int]
 
   Returns:
     per budget, in order: dict(budget, frames, resolution, raw_tokens, tokens (kept),
-    head, top1, top5, videos).
+    head, top1, top5, videos, unreadable (videos left out: no view decoded)).
   """
   raw = FluxPlan(frames, resolution).num_tokens(model.patch_size, model.tubelet_size)
   programs = {}  # budget -> (budget the step keeps, head)
@@ -53,19 +53,21 @@ def accuracy_by_budget(model: FluxViT, params, source, *, budgets: Sequence[int]
             batch_size=batch_size, sharding=sharding, num_clips=num_clips,
             num_crops=num_crops))
   return [dict(budget=budget, frames=frames, resolution=resolution, raw_tokens=raw,
-               tokens=min(budget, raw), head=programs[budget][1], **results[programs[budget]])
+               tokens=min(budget, raw), head=programs[budget][1],
+               **with_unreadable(results[programs[budget]], source))
           for budget in budgets]
 
 
 def markdown_table(rows: Sequence[dict], *, name: str | None = None) -> str:
   """Rows of `accuracy_by_budget` as a markdown table; `name` adds a leading 'model' column
   (each row's `name` value)."""
-  head = ['budget', 'tokens kept / raw', 'head', 'top-1', 'top-5', 'videos']
+  head = ['budget', 'tokens kept / raw', 'head', 'top-1', 'top-5', 'videos', 'unreadable']
   lines = ['| ' + ' | '.join((['model'] if name else []) + head) + ' |',
            '|---' * (len(head) + bool(name)) + '|']
   for r in rows:
     cells = [str(r['budget']), f"{r['tokens']} / {r['raw_tokens']}", str(r['head']),
-             f"{100 * r['top1']:.1f}%", f"{100 * r['top5']:.1f}%", str(r['videos'])]
+             f"{100 * r['top1']:.1f}%", f"{100 * r['top5']:.1f}%", str(r['videos']),
+             str(r['unreadable'])]
     lines.append('| ' + ' | '.join(([str(r[name])] if name else []) + cells) + ' |')
   return '\n'.join(lines)
 

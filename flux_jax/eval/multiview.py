@@ -1,9 +1,13 @@
-"""Multi-view accuracy: softmax averaged over each video's views (SPEC C.7)."""
+"""Multi-view accuracy: softmax averaged over each video's views (SPEC C.7).
+
+A video none of whose views decodes is left out of the metric (`videos` counts those in
+it) and counted beside it: `unreadable`.
+"""
 
 from __future__ import annotations
 
 import functools
-from typing import Callable, Hashable, Iterable, Mapping
+from typing import Callable, Hashable, Iterable, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -67,10 +71,16 @@ def evaluate_each(steps: Mapping[Hashable, Callable[[TokenBatch], dict]],
   """`evaluate` of several steps in one pass over `batches`: every batch is decoded once
   and serves them all (e.g. one grid at several budgets). Results by the steps' keys."""
   aggs = {key: ViewAggregator() for key in steps}
-  for tokens in batches:
-    labels, index, view = (to_host(x) for x in (tokens.label, tokens.video_index, tokens.view))
-    for key, step in steps.items():
-      aggs[key].add(to_host(step(tokens)['probs']), labels, index, view)
+  batches = iter(batches)
+  try:
+    for tokens in batches:
+      labels, index, view = (to_host(x) for x in (tokens.label, tokens.video_index,
+                                                   tokens.view))
+      for key, step in steps.items():
+        aggs[key].add(to_host(step(tokens)['probs']), labels, index, view)
+  finally:  # `views` closes its grain iterator, also when a step fails
+    if hasattr(batches, 'close'):
+      batches.close()
   return {key: agg.result() for key, agg in aggs.items()}
 
 
@@ -81,21 +91,32 @@ def evaluate(step: Callable[[TokenBatch], dict], batches: Iterable[TokenBatch]) 
 
 def views(source, *, model: FluxViT, frames: int, resolution: int, batch_size: int,
           sharding: jax.sharding.Sharding, num_clips: int = 1,
-          num_crops: int = 1) -> Iterable[TokenBatch]:
+          num_crops: int = 1) -> Iterator[TokenBatch]:
   """Global batches of every view of every video of `source` (SPEC C.7), this process's
-  share decoded here."""
+  share decoded here. Closing the generator (or exhausting it) closes grain's iterator."""
   ds = pipeline.eval_dataset(source, frames=frames, resolution=resolution,
                              batch_size=batch_size, num_clips=num_clips, num_crops=num_crops,
                              patch_size=model.patch_size, tubelet_size=model.tubelet_size,
                              process_index=jax.process_index(),
                              process_count=jax.process_count())
-  return global_batches(ds, sharding)
+  it = iter(ds.to_iter_dataset())
+  try:
+    yield from global_batches(it, sharding)
+  finally:
+    it.close()
+
+
+def with_unreadable(result: Mapping[str, float], source) -> dict:
+  """`result` of `source` with `unreadable`: its videos left out of the metric because no
+  view of them decoded (the pipeline marks them, never substitutes them)."""
+  return {**result, 'unreadable': len(source) - result['videos']}
 
 
 def evaluate_dataset(step: Callable, params, source, *, model: FluxViT, frames: int,
                      resolution: int, batch_size: int, sharding: jax.sharding.Sharding,
                      num_clips: int = 1, num_crops: int = 1) -> dict:
-  """Multi-view accuracy of `step(params, tokens)` on every video of `source`."""
-  return evaluate(functools.partial(step, params), views(
+  """Multi-view accuracy of `step(params, tokens)` on every video of `source`:
+  {'top1', 'top5', 'videos' (in the metric), 'unreadable' (left out, see `with_unreadable`)}."""
+  return with_unreadable(evaluate(functools.partial(step, params), views(
       source, model=model, frames=frames, resolution=resolution, batch_size=batch_size,
-      sharding=sharding, num_clips=num_clips, num_crops=num_crops))
+      sharding=sharding, num_clips=num_clips, num_crops=num_crops)), source)

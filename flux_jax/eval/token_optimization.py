@@ -19,12 +19,13 @@ Outputs in OUT: `to.csv`; `to.json` = {"checkpoint": str, "rows": [row, ...]} (r
 predict: the rows with best=True give the grid and head per budget); `to.png`, top-1
 against GFLOPs without and with TO. Each row is
 
-  dict(budget, frames, resolution, raw_tokens, tokens, head, top1, top5, videos, gflops,
-       to, best, select_top1, select_videos)
+  dict(budget, frames, resolution, raw_tokens, tokens, head, top1, top5, videos,
+       unreadable, gflops, to, best, select_top1, select_videos, select_unreadable)
 
-with `tokens` = kept tokens, `gflops` per view (flux_jax.eval.flops), `to` = selection
-ran (raw_tokens > budget), `select_top1` and `select_videos` = top-1 and videos on the
-selection split (None without one).
+with `tokens` = kept tokens, `videos` = videos in the metric, `unreadable` = videos left
+out of it because none of their views decoded, `gflops` per view (flux_jax.eval.flops),
+`to` = selection ran (raw_tokens > budget), `select_top1`, `select_videos` and
+`select_unreadable` = the same on the selection split (None without one).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ from flux_jax.model.fluxvit import FluxViT
 from flux_jax.tokens.plan import FluxPlan
 
 FIELDS = ('budget', 'frames', 'resolution', 'raw_tokens', 'tokens', 'head', 'top1', 'top5',
-          'videos', 'gflops', 'to', 'best', 'select_top1', 'select_videos')
+          'videos', 'unreadable', 'gflops', 'to', 'best', 'select_top1', 'select_videos',
+          'select_unreadable')
 CSV, JSON, PLOT = 'to.csv', 'to.json', 'to.png'
 DEFAULT_BATCH = 16  # views per batch when none is given (rounded up to split evenly)
 
@@ -180,7 +182,7 @@ def search(model: FluxViT, params, source, *, budgets: Sequence[int],
                                   num_clips=num_clips, num_crops=num_crops):
       row.update(gflops=gflops(model, row['tokens'], row['raw_tokens']),
                  to=row['raw_tokens'] > row['budget'], best=False, select_top1=None,
-                 select_videos=None)
+                 select_videos=None, select_unreadable=None)
       done[row['budget'], (t, r)] = {k: row[k] for k in FIELDS}
       if progress is not None:
         progress(done[row['budget'], (t, r)])
@@ -194,15 +196,17 @@ def selected(rows: Sequence[Mapping[str, Any]]) -> bool:
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
   extra = selected(rows)  # a column for the top-1 the best grid was picked on
-  lines = ['| budget | grid | raw -> kept | head | GFLOPs | top-1 | top-5 | videos | TO | '
-           + ('selection top-1 | ' if extra else '') + 'best |',
-           '|---' * (11 if extra else 10) + '|']
+  lines = ['| budget | grid | raw -> kept | head | GFLOPs | top-1 | top-5 | videos | '
+           'unreadable | TO | ' + ('selection top-1 | unreadable | ' if extra else '')
+           + 'best |', '|---' * (13 if extra else 11) + '|']
   for r in rows:
+    # .get: rows of a to.json written before `unreadable` was counted
     lines.append(f"| {r['budget']} | {r['frames']} x {r['resolution']}^2 | "
                  f"{r['raw_tokens']} -> {r['tokens']} | {r['head']} | {r['gflops']:.4g} | "
                  f"{100 * r['top1']:.1f}% | {100 * r['top5']:.1f}% | {r['videos']} | "
-                 f"{'yes' if r['to'] else 'no'} | "
-                 + (f"{100 * r['select_top1']:.1f}% | " if extra else '')
+                 f"{r.get('unreadable', '')} | {'yes' if r['to'] else 'no'} | "
+                 + (f"{100 * r['select_top1']:.1f}% | {r.get('select_unreadable', '')} | "
+                    if extra else '')
                  + f"{'**best**' if r['best'] else ''} |")
   return '\n'.join(lines)
 
@@ -233,8 +237,9 @@ def summary_table(summary: Sequence[Mapping[str, Any]]) -> str:
   def cell(r):
     se = (f" ± {100 * standard_error(r['top1'], r['videos']):.1f}" if r.get('videos')
           else '')
+    unread = f", {r['unreadable']} unreadable" if r.get('unreadable') else ''
     return (f"{r['frames']} x {r['resolution']}^2, {r['raw_tokens']} -> {r['tokens']}: "
-            f"{100 * r['top1']:.1f}{se}% ({r['gflops']:.3g})")
+            f"{100 * r['top1']:.1f}{se}% ({r['gflops']:.3g}{unread})")
   kinds = [k for k in ('plain', 'fixed', 'best') if k in summary[0]]
   names = dict(plain='plain grid (no TO)', fixed='fixed grid', best='best grid (TO)')
   lines = ['| budget | ' + ' | '.join(names[k] for k in kinds) + ' |',
@@ -405,7 +410,8 @@ def evaluate_checkpoint(directory: str, out_dir: str, *, frames: Sequence[int],
   rows = grid_search(source)
   if select_split:  # the same grids in the same order, best picked there
     for row, picked_on in zip(rows, grid_search(builder.as_data_source(select_split))):
-      row.update(select_top1=picked_on['top1'], select_videos=picked_on['videos'])
+      row.update(select_top1=picked_on['top1'], select_videos=picked_on['videos'],
+                 select_unreadable=picked_on['unreadable'])
     mark_best(rows, key='select_top1', reference=fixed, margin_se=select_margin_se,
               videos_key='select_videos')
   paths = {}

@@ -22,6 +22,9 @@ from flux_jax import hosts
 _T = TypeVar('_T')
 _R = TypeVar('_R')
 _B = TypeVar('_B', bound=tfds.core.DatasetBuilder)
+# ordered_map's live worker pools: TFDS holds the generator, so a build that fails keeps
+# it (and its workers and semaphores) alive as long as the error; `prepare` closes them.
+_POOLS: set[concurrent.futures.Executor] = set()
 
 
 class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -71,12 +74,13 @@ def prepare(make_builder: Callable[[], _B]) -> _B:
   """Generates array_record files from local data only (no download, no GCS lookup),
   or reuses a finished build; returns the builder.
 
-  Safe for many hosts: on a multi-host job process 0 builds while the others wait, then
-  each of them makes its builder and finds the build (a shared data dir) or makes its
-  own (a host-local one). A version directory that a killed build left unfinished
-  (`incomplete_reason`) is removed and built again, never opened.
+  Safe for many hosts: on a multi-host job process 0 alone decides the build's state and
+  builds while the others wait; then each of them opens the finished build (a shared data
+  dir) or, finding none, builds its own (a host-local one). A version directory that a
+  killed build left unfinished (`incomplete_reason`) is removed and built again by the
+  process that builds, never opened; the others never remove or rebuild what they find.
   """
-  def one() -> _B:
+  def build() -> _B:
     builder = make_builder()
     path = epath.Path(builder.data_dir)
     why = incomplete_reason(path)
@@ -87,14 +91,27 @@ def prepare(make_builder: Callable[[], _B]) -> _B:
     if jax.process_index() == 0:  # leftovers of killed builds (TFDS renames when done)
       for stale in path.parent.glob(f'incomplete.*_{path.name}'):
         stale.rmtree()
-    built = not path.exists()
-    builder.download_and_prepare(
-        file_format='array_record',
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    built, before = not path.exists(), set(_POOLS)
+    try:
+      builder.download_and_prepare(
+          file_format='array_record',
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    finally:
+      for pool in set(_POOLS) - before:  # this build's, left open by a failure
+        _POOLS.discard(pool)
+        pool.shutdown(wait=True, cancel_futures=True)
     logging.info('process %d %s %s', jax.process_index(), 'built' if built else 'reused',
                  path)
     return builder
-  return hosts.process_zero_first('dataset build', one)
+
+  def open_built() -> _B:  # after process 0's build
+    builder = make_builder()
+    if not epath.Path(builder.data_dir).exists():  # a host-local data dir
+      return build()
+    logging.info('process %d opens %s', jax.process_index(), builder.data_dir)
+    return builder
+  return hosts.process_zero_first('dataset build',
+                                  build if jax.process_index() == 0 else open_built)
 
 
 def incomplete_reason(path: epath.Path) -> str | None:
@@ -132,7 +149,9 @@ def ordered_map(fn: Callable[[_T], _R], items: Iterable[_T], num_workers: int,
     yield from map(fn, items)
     return
   context = multiprocessing.get_context('spawn')
-  with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
+  pool = concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context)
+  _POOLS.add(pool)
+  try:
     pending = collections.deque()
     for item in items:
       pending.append(pool.submit(fn, item))
@@ -140,3 +159,6 @@ def ordered_map(fn: Callable[[_T], _R], items: Iterable[_T], num_workers: int,
         yield pending.popleft().result()
     while pending:
       yield pending.popleft().result()
+  finally:  # also when the consumer stops early: no queued work runs for nothing
+    _POOLS.discard(pool)
+    pool.shutdown(wait=True, cancel_futures=True)
