@@ -30,5 +30,5 @@ setuptools.setup(
     entry_points={'console_scripts': [
         f'flux-{name.replace("_", "-")}=flux_jax.cli.{name}:run' for name in (
             'train', 'evaluate', 'predict', 'export', 'convert', 'convert_iv2',
-            'build_dataset', 'demo')]},
+            'build_dataset', 'demo', 'convert_text')]},
 )

@@ -38,9 +38,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from flux_jax import hosts
+from flux_jax.model.clip import FluxCLIP, abstract_clip_params, make_clip_model
 from flux_jax.model.fluxvit import (PER_HEAD_MODULES, FluxViT, abstract_params, make_model,
                                     param_specs)
 from flux_jax.model.layers import CLASSES
+from flux_jax.model.text import TextTransformer, abstract_text_params, make_text_model
 
 PARAMS = 'params'
 CONFIG = 'config'
@@ -123,22 +125,51 @@ def _check_tree(expected, seen, header: str) -> None:
                      f'  wrong shape or dtype: {wrong[:_MAX_LISTED]}')
 
 
+# What a params checkpoint holds, by its config's 'kind' (absent: 'fluxvit'): the
+# factory that rebuilds the module from the config, and its params' shapes.
+KINDS = {
+    'fluxvit': (make_model, abstract_params),
+    'clip': (make_clip_model, abstract_clip_params),  # FluxViT-CLIP's two towers
+    'text': (make_text_model, abstract_text_params),  # a text tower alone
+}
+Module = FluxViT | FluxCLIP | TextTransformer
+
+
+def build_model(model_config: Mapping[str, Any]) -> tuple[Module, Any]:
+  """(module, abstract params) of a checkpoint's model config, any kind."""
+  config = dict(model_config)
+  kind = config.pop('kind', 'fluxvit')
+  if kind not in KINDS:
+    raise ValueError(f"model kind {kind!r} is not one of {sorted(KINDS)}")
+  make, abstract = KINDS[kind]
+  model = make(config)
+  return model, abstract(model)
+
+
+def kind_of(directory: str | os.PathLike) -> str:
+  """'fluxvit', 'clip' or 'text': what the params checkpoint at `directory` holds."""
+  return read_config(directory)['model'].get('kind', 'fluxvit')
+
+
 def _check_params(expected, seen, where: str) -> None:
   _check_tree(expected, seen, f'{where}: params do not match the model config')
 
 
 def save_params(directory: str | os.PathLike, params, model_config: Mapping[str, Any], *,
-                metadata: Mapping[str, Any] | None = None, overwrite: bool = False) -> None:
+                metadata: Mapping[str, Any] | None = None, overwrite: bool = False,
+                kind: str = 'fluxvit') -> None:
   """Writes `params` and the config that rebuilds their model to `directory`.
 
   Args:
     directory: the checkpoint directory; created, or replaced if `overwrite`.
     params: the float32 param pytree of `make_model(model_config)`.
-    model_config: `model_config(model)` (or any config `make_model` accepts).
+    model_config: `model_config(model)` (or any config `make_model` accepts), or for
+      another `kind` its config (`clip_model_config`, `text_model_config`).
     metadata: JSON-friendly notes kept beside the config (e.g. the source file).
     overwrite: replace an existing non-empty directory, which stays whole until the new
       params are (written to DIR.partial, then renamed; a failed save leaves DIR.partial,
       which the next one removes).
+    kind: a key of KINDS: 'fluxvit', 'clip' (FluxViT-CLIP) or 'text' (a text tower).
 
   Raises:
     ValueError: the directory holds files and `overwrite` is False, the params do not
@@ -148,14 +179,15 @@ def save_params(directory: str | os.PathLike, params, model_config: Mapping[str,
   if existing.exists() and (not existing.is_dir() or any(existing.iterdir())) and not overwrite:
     raise ValueError(f'{directory}: exists and is not an empty directory; pass '
                      'overwrite=True to replace it')
-  config = {'model': dict(model_config), 'metadata': dict(metadata or {})}
+  config = {'model': dict(model_config, **({} if kind == 'fluxvit' else {'kind': kind})),
+            'metadata': dict(metadata or {})}
   try:
     json.dumps(config)
   except TypeError as e:
     raise ValueError(f'{directory}: model_config and metadata must be JSON-serializable: '
                      f'{e}') from e
-  model = make_model(config['model'])
-  _check_params(abstract_params(model), params, f'save_params({directory})')
+  _, abstract = build_model(config['model'])
+  _check_params(abstract, params, f'save_params({directory})')
   partial, replaced = _beside(path, PARTIAL), _beside(path, REPLACED)
 
   def clean():  # what a failed or killed save left, orbax's temporary dirs too
@@ -199,16 +231,20 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
   return config
 
 
-def load_model(directory: str | os.PathLike) -> FluxViT:
+def load_model(directory: str | os.PathLike) -> Module:
   """The model saved by `save_params`, rebuilt from its config; no params are read."""
+  return _load_model(directory)[0]
+
+
+def _load_model(directory) -> tuple[Module, Any]:
   config = read_config(directory)
   try:
-    return make_model(config['model'])
+    return build_model(config['model'])
   except (TypeError, ValueError) as e:
     raise ValueError(f'{directory}: bad model config: {e}') from e
 
 
-def load_params(directory: str | os.PathLike, shardings=None) -> tuple[FluxViT, dict]:
+def load_params(directory: str | os.PathLike, shardings=None) -> tuple[Module, dict]:
   """Rebuilds the model saved by `save_params` and restores its params.
 
   Params come back as float32 jax arrays, checked leaf by leaf against the shapes of the
@@ -220,8 +256,7 @@ def load_params(directory: str | os.PathLike, shardings=None) -> tuple[FluxViT, 
     ValueError: the directory is missing, is not a params checkpoint, or its params do
       not match its config.
   """
-  model = load_model(directory)
-  abstract = abstract_params(model)
+  model, abstract = _load_model(directory)
   if shardings is None:
     shardings = jax.tree.map(
         lambda _: jax.sharding.SingleDeviceSharding(jax.local_devices()[0]), abstract)
@@ -386,12 +421,21 @@ def init_from(directory: str | os.PathLike, params: dict) -> dict:
   from a one-head run); the checkpoint's heads the params lack are dropped, also logged.
   Every other leaf must match in name, shape and dtype.
 
+  A checkpoint of another kind (a FluxViT-CLIP run's, a text tower's) must fit `params`
+  leaf for leaf.
+
   Raises:
     ValueError: the directory is not a params checkpoint, or its params do not fit
       `params` beyond the class count and the heads.
   """
   source, loaded = load_params(directory)
-  specs, fresh, got = _flat(param_specs(source)), _flat(params), _flat(loaded)
+  fresh, got = _flat(params), _flat(loaded)
+  if not isinstance(source, FluxViT):
+    _check_tree(fresh, got, f'init_from({directory}): the checkpoint does not fit the '
+                'params (want: the shape of the params)')
+    return flax.traverse_util.unflatten_dict(
+        {tuple(k.split('/')): _put_like(got[k], v) for k, v in fresh.items()})
+  specs = _flat(param_specs(source))
   new_heads = sorted(k for k in fresh if k not in got and _PER_HEAD.match(k))
   dropped = sorted(k for k in got if k not in fresh and _PER_HEAD.match(k))
   got = {k: v for k, v in got.items() if k not in dropped}

@@ -26,14 +26,16 @@ import tqdm
 from flux_jax import checkpoint
 from flux_jax import sharding
 from flux_jax.data import pipeline
-from flux_jax.data.sources import describe, open_dataset
-from flux_jax.data.to_device import batch_stats, host_rows, to_global
+from flux_jax.data.sources import CAPTIONED, describe, open_dataset
+from flux_jax.data.to_device import batch_stats, host_rows, to_global, to_global_clip
+from flux_jax.eval import clip as clip_eval
 from flux_jax.eval.multiview import evaluate_dataset, make_eval_step, to_host
+from flux_jax.model.clip import FluxCLIP, clip_model_config
 from flux_jax.model.fluxvit import FluxViT, make_model, model_config
 from flux_jax.tokens.plan import PlanSampler
 from flux_jax.train import distill
 from flux_jax.train import optim
-from flux_jax.train.program import check_batch_axes, train_program
+from flux_jax.train.program import check_batch_axes, make_train_model, train_program
 from flux_jax.train.state import TrainState
 from flux_jax.xla import CompileCounter
 
@@ -129,6 +131,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     ValueError: naming the key and the value.
   """
   model = make_model(config.model)  # refuses unknown or bad model keys
+  clip = config.train.mode == 'clip'
+  if clip:
+    make_train_model(config)  # the text tower's and the clip block's keys too
   t, d, e = config.train, config.data, config.eval
   for key, value in (('train.log_every', t.log_every),
                      ('train.max_nonfinite_steps', max_nonfinite_steps(config)),
@@ -166,6 +171,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if e.batch_size % e.num_crops:
     raise ValueError(f'eval.batch_size={e.batch_size} must divide by '
                      f'eval.num_crops={e.num_crops}')
+  if clip:
+    for budget in e.budgets:
+      _positive_int('eval.budgets', budget)
+    _positive_int('data.caption_length', d.caption_length)
+    if d.name not in CAPTIONED:
+      raise ValueError(f"train.mode='clip' needs a captioned dataset (data.name one of "
+                       f'{CAPTIONED}), got {d.name!r}')
+    return
   if e.budget is not None:
     _positive_int('eval.budget', e.budget)
   if e.head is not None and not 0 <= e.head < len(model.head_budgets):
@@ -180,7 +193,8 @@ def stream_fingerprint(config, train_src) -> dict[str, Any]:
   out = {'seed': config.seed, 'global_batch_size': config.train.global_batch_size,
          'num_sample': d.num_sample, 'n_max': config.n_max,
          **{f'flux.{k}': v for k, v in config.flux.items()},
-         **{f'data.{k}': d[k] for k in ('flip', 'scale', 'ratio')},
+         **{f'data.{k}': d[k] for k in ('flip', 'scale', 'ratio', 'caption_length',
+                                         'clean_captions') if k in d},
          **describe(train_src)}  # dataset name, config, version, split, size, bytes
   return json.loads(json.dumps(out))  # tuples as lists, as they come back
 
@@ -201,7 +215,12 @@ def _check_stream(saved: Mapping[str, Any], stream: Mapping[str, Any], where: st
 def _check_finite(state: TrainState, step: int, limit: int,
                   ckpt: checkpoint.TrainCheckpointer) -> None:
   """Stops a diverged run: its last `limit` steps all had non-finite gradients (optax
-  skipped them, so it would otherwise train on to the end with frozen params)."""
+  skipped them, so it would otherwise train on to the end with frozen params).
+
+  The loop reads the streak at its log steps and every `limit` steps, not per step (a
+  host sync): a run that stays non-finite stops at most `limit` steps after its streak
+  reached `limit`; a streak that ended before a check was survived and is not an error.
+  """
   streak = int(optim.nonfinite_streak(state.opt_state))
   if streak < limit:
     return
@@ -247,8 +266,9 @@ def _run(config, workdir: str, stop_at: int | None, progress: Callable[[str], An
   logging.info('mesh %s, model %s', dict(mesh.shape), model.__class__.__name__)
 
   # ---------------------------------------------------------------- Sources --
+  clip = config.train.mode == 'clip'  # FluxViT-CLIP: captions, retrieval evaluation
   train_src, eval_src, class_names = open_dataset(config.data)
-  if len(class_names) != model.num_classes:
+  if not clip and len(class_names) != model.num_classes:
     raise ValueError(f'model.num_classes={model.num_classes} but the dataset has '
                      f'{len(class_names)} classes')
 
@@ -270,8 +290,8 @@ def _run(config, workdir: str, stop_at: int | None, progress: Callable[[str], An
   else:
     state = sharding.shard_init(lambda r: nn.unbox(program.init(r)), state_sh,
                                 jax.random.key(config.seed))
-    if config.init:
-      state = state.replace(params=checkpoint.init_from(config.init, state.params))
+    if config.init or clip and config.text_init:
+      state = state.replace(params=_init_params(config, state.params, clip))
   start = int(state.step)
 
   # ----------------------------------------------------------------------- Data --
@@ -282,7 +302,8 @@ def _run(config, workdir: str, stop_at: int | None, progress: Callable[[str], An
       train_src, sampler=sampler, global_batch_size=config.train.global_batch_size,
       n_max=config.n_max, num_sample=d.num_sample, flip=d.flip, scale=tuple(d.scale),
       ratio=tuple(d.ratio), seed=config.seed, process_index=block, process_count=blocks,
-      start_step=start).to_iter_dataset()
+      start_step=start, captioner=pipeline.Captioner(d.caption_length, d.clean_captions)
+      if clip else None).to_iter_dataset()
   if d.workers:
     train_ds = train_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.workers))
   train_iter = iter(train_ds)
@@ -292,7 +313,8 @@ def _run(config, workdir: str, stop_at: int | None, progress: Callable[[str], An
   rng = jax.random.key(config.seed + 1)
   teacher = program.teacher_args
   host = next(train_iter)  # compiled for, then trained on; not kept (grain's shared memory)
-  tokens = to_global(host, batch_sh)
+  on_device = to_global_clip if clip else to_global
+  tokens = on_device(host, batch_sh)
   counter = CompileCounter()
   with counter:
     compiled = program.lower(state, tokens, rng).compile()
@@ -302,14 +324,23 @@ def _run(config, workdir: str, stop_at: int | None, progress: Callable[[str], An
                  memory.temp_size_in_bytes / 2**20, memory.argument_size_in_bytes / 2**20,
                  memory.output_size_in_bytes / 2**20)
   e = config.eval
-  eval_step = jax.jit(make_eval_step(model, budget=e.budget, head=e.head))
+  if clip:
+    def run_eval():
+      with sharding.tracing_context(mesh, program.rules):
+        return clip_eval.evaluate_plain(program.model, state.params, eval_src,
+                                        budgets=tuple(e.budgets), frames=e.frames,
+                                        resolution=e.resolution, batch_size=e.batch_size,
+                                        sharding=batch_sh, num_clips=e.num_clips,
+                                        num_crops=e.num_crops)
+  else:
+    eval_step = jax.jit(make_eval_step(model, budget=e.budget, head=e.head))
 
-  def run_eval():
-    with sharding.tracing_context(mesh, program.rules):
-      return evaluate_dataset(eval_step, state.params, eval_src, model=model,
-                              frames=e.frames, resolution=e.resolution,
-                              batch_size=e.batch_size, sharding=batch_sh,
-                              num_clips=e.num_clips, num_crops=e.num_crops)
+    def run_eval():
+      with sharding.tracing_context(mesh, program.rules):
+        return evaluate_dataset(eval_step, state.params, eval_src, model=model,
+                                frames=e.frames, resolution=e.resolution,
+                                batch_size=e.batch_size, sharding=batch_sh,
+                                num_clips=e.num_clips, num_crops=e.num_crops)
 
   # ----------------------------------------------------------------------- Loop --
   writer = resources.enter_context(MetricWriter(workdir, start))
@@ -331,15 +362,15 @@ def _run(config, workdir: str, stop_at: int | None, progress: Callable[[str], An
     for k, v in batch_stats(host).items():
       stats[k] = stats.get(k, 0) + v
     seen_tokens += int(host['valid'].sum())
-    tokens = to_global(host, batch_sh)
+    tokens = on_device(host, batch_sh)
     host = None
-    # The previous step's streak, read once this batch is on its way: one sync per step.
-    _check_finite(state, step, limit, ckpt)
     with counter:
       state, metrics = compiled(state, tokens, rng, *teacher)
     done = step + 1
     bar.update()
     due = done % config.train.log_every == 0 or done == total
+    if due or done % limit == 0:  # no sync per step: a diverged run is stopped within
+      _check_finite(state, done, limit, ckpt)  # `limit` steps of its streak reaching it
     if due or time.perf_counter() - last_line >= PROGRESS_SECONDS:
       metrics = {k: float(to_host(v)) for k, v in metrics.items()}
       last_line = time.perf_counter()
@@ -374,12 +405,30 @@ def _run(config, workdir: str, stop_at: int | None, progress: Callable[[str], An
   if not result and distillation is None and e.every_steps >= 0:
     result = run_eval()
   if int(state.step) == total:
-    export_params(config, workdir, model, state if distillation is None else
+    export_params(config, workdir, program.model, state if distillation is None else
                   distill.student_export(distillation.student, state), class_names)
   return state, {'step': int(state.step), **result}
 
 
-def export_params(config, workdir: str, model: FluxViT, state: TrainState,
+def _init_params(config, params: dict, clip: bool) -> dict:
+  """The fresh params with `config.init` (and for CLIP `config.text_init`) loaded in.
+
+  For FluxViT-CLIP, `init` is a FluxViT checkpoint (into the vision tower; its classifier
+  heads may differ) or a FluxViT-CLIP run's params (stage 2 from stage 1: everything);
+  `text_init` a text tower's (python -m flux_jax.cli.convert_text).
+  """
+  if not clip:
+    return checkpoint.init_from(config.init, params)
+  if config.init and checkpoint.kind_of(config.init) == 'clip':
+    params = checkpoint.init_from(config.init, params)
+  elif config.init:
+    params = dict(params, vision=checkpoint.init_from(config.init, params['vision']))
+  if config.text_init:
+    params = dict(params, text=checkpoint.init_from(config.text_init, params['text']))
+  return params
+
+
+def export_params(config, workdir: str, model: FluxViT | FluxCLIP, state: TrainState,
                   class_names) -> str:
   """The finished run's params as a deployable checkpoint, WORKDIR/params.
 
@@ -399,10 +448,13 @@ def export_params(config, workdir: str, model: FluxViT, state: TrainState,
         f'{step - streak} or earlier (a lower optim.lr, optim.clip_grad).')
   e = config.eval
   path = os.path.join(workdir, PARAMS_DIR)
-  checkpoint.save_params(path, state.params, model_config(model), overwrite=True, metadata=dict(
-      step=int(state.step), class_names=list(class_names),
-      eval=dict(frames=e.frames, resolution=e.resolution, num_clips=e.num_clips,
-                num_crops=e.num_crops),
-      config=json.loads(config.to_json_best_effort())))
+  clip = isinstance(model, FluxCLIP)
+  checkpoint.save_params(
+      path, state.params, clip_model_config(model) if clip else model_config(model),
+      kind='clip' if clip else 'fluxvit', overwrite=True, metadata=dict(
+          step=int(state.step), class_names=None if class_names is None else list(class_names),
+          eval=dict(frames=e.frames, resolution=e.resolution, num_clips=e.num_clips,
+                    num_crops=e.num_crops),
+          config=json.loads(config.to_json_best_effort())))
   logging.info('params of step %d saved to %s', int(state.step), path)
   return path

@@ -152,6 +152,8 @@ def logical_shardings(logical_specs, abstract_tree, mesh: jax.sharding.Mesh,
   fallbacks = []
 
   def one(path, logical, leaf):
+    if not hasattr(leaf, 'shape'):  # an empty subtree (optax.MaskedNode: a frozen leaf's
+      return leaf  # optimizer state) under a parameter's names: nothing to place
     wanted = logical_to_mesh_spec(P() if logical is None else logical, rules)
     spec = layers.fit_spec(wanted, leaf.shape, mesh)
     if _padded(spec, len(leaf.shape)) != _padded(wanted, len(leaf.shape)):

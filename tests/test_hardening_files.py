@@ -132,7 +132,7 @@ def test_open_builder_takes_the_newest_finished_version(tmp_path, caplog):
       caplog.text)
   assert len(builder.as_data_source('train')) == 2
   shutil.rmtree(good)
-  with pytest.raises(ValueError, match=r"data.config='two': no finished video_csv build"):
+  with pytest.raises(ValueError, match=r"data.config='two': no finished build"):
     open_builder(data)
 
 

@@ -81,7 +81,7 @@ def test_every_module_imports_in_one_process(installed):
 
 
 @pytest.mark.parametrize('module', ['train', 'evaluate', 'predict', 'export', 'convert',
-                                    'convert_iv2', 'build_dataset', 'demo'])
+                                    'convert_text', 'convert_iv2', 'build_dataset', 'demo'])
 def test_console_scripts_are_declared(module):
   """setup.py names a `flux-...` script for every entry point, and each has run()."""
   import importlib  # pylint: disable=g-import-not-at-top

@@ -25,6 +25,7 @@ import grain
 import numpy as np
 
 from flux_jax.data import decode
+from flux_jax.data import tokenizer
 from flux_jax.data import transforms
 from flux_jax.tokens.plan import PlanSampler
 from flux_jax.tokens.token_batch import TokenBatch, patchify
@@ -58,10 +59,39 @@ def _read_frames(record, index: int, frame_indices) -> np.ndarray:
   return decode.decode_frames(record['video'], frame_indices(length), source)
 
 
+@dataclasses.dataclass(frozen=True)
+class Captioner:
+  """Picks one of a video's captions for a clip and tokenizes it (FluxViT-CLIP).
+
+  `clean` applies InternVideo2's `pre_text` (SPEC G.3) before CLIP's tokenizer; the
+  tokenizer is built once per process (picklable for grain's workers).
+  """
+  context_length: int = 77
+  clean: bool = True
+
+  def __call__(self, captions: Sequence[bytes | str], rng: np.random.Generator,
+               source: str) -> np.ndarray:
+    """int32 `[context_length]` ids of one caption drawn with `rng`."""
+    if len(captions) == 0:
+      raise ValueError(f'{source}: the video has no caption')
+    text = captions[int(rng.integers(len(captions)))]
+    text = text.decode() if isinstance(text, bytes) else str(text)
+    return tokenize_captions([text], self.context_length, self.clean)[0]
+
+
+def tokenize_captions(texts: Sequence[str], context_length: int = 77,
+                      clean: bool = True) -> np.ndarray:
+  """int32 `[N, context_length]` CLIP ids, after `tokenizer.clean_caption` if `clean`."""
+  if clean:
+    texts = [tokenizer.clean_caption(t) for t in texts]
+  return tokenizer.tokenize(list(texts), context_length)
+
+
 def _element(clips: Sequence[np.ndarray], *, patch_size: int, tubelet_size: int,
              n_max: int, label: int, video_index: int, views: np.ndarray,
-             replaced: int) -> dict[str, np.ndarray]:
-  """One pipeline element: the clips of one video as stacked, padded token rows."""
+             replaced: int, text: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """One pipeline element: the clips of one video as stacked, padded token rows (and
+  with `text`, a caption's ids per clip)."""
   tokens = [patchify(c, patch_size=patch_size, tubelet_size=tubelet_size, n_max=n_max)
             for c in clips]
   s = len(clips)
@@ -72,6 +102,8 @@ def _element(clips: Sequence[np.ndarray], *, patch_size: int, tubelet_size: int,
              view=np.asarray(views, np.int32),
              replaced=np.zeros((s,), np.int32))
   out['replaced'][0] = replaced  # counted once per video
+  if text is not None:
+    out['text'] = np.asarray(text, np.int32)  # [S, L]
   return out
 
 
@@ -96,6 +128,7 @@ class TrainClip:
   scale: tuple[float, float] = (0.08, 1.0)
   ratio: tuple[float, float] = (3 / 4, 4 / 3)
   seed: int = 0
+  captioner: Captioner | None = None  # video-text training: a caption per clip
 
   def __call__(self, position: int, item: tuple[int, Any]) -> dict[str, np.ndarray]:
     """`position`: the video's place in the global stream (step = position // videos)."""
@@ -110,10 +143,14 @@ class TrainClip:
       if self.flip and rng.random() < 0.5:
         clip = transforms.horizontal_flip(clip)
       clips.append(clip)
+    text = None
+    if self.captioner is not None:
+      text = [self.captioner(record['captions'], rng, _source_id(record, index))
+              for _ in clips]
     return _element(clips, patch_size=self.sampler.patch_size,
                     tubelet_size=self.sampler.tubelet_size, n_max=self.n_max,
                     label=int(record['label']), video_index=index,
-                    views=np.arange(self.num_sample), replaced=replaced)
+                    views=np.arange(self.num_sample), replaced=replaced, text=text)
 
   def _decode(self, index, record, t, rng):
     for attempt in range(MAX_REPLACEMENTS + 1):
@@ -135,7 +172,8 @@ def train_dataset(source, *, sampler: PlanSampler, global_batch_size: int, n_max
                   scale: tuple[float, float] = (0.08, 1.0),
                   ratio: tuple[float, float] = (3 / 4, 4 / 3), seed: int = 0,
                   process_index: int = 0, process_count: int = 1, start_step: int = 0,
-                  num_epochs: int | None = None) -> grain.MapDataset:
+                  num_epochs: int | None = None,
+                  captioner: Captioner | None = None) -> grain.MapDataset:
   """Host batches of training clips: dicts of numpy arrays, element s is this host's rows
   of the global batch of step `start_step + s`.
 
@@ -145,6 +183,8 @@ def train_dataset(source, *, sampler: PlanSampler, global_batch_size: int, n_max
       usually the process index and count). Block p holds the global batch's clips
       [p * B / count, (p + 1) * B / count).
     start_step: the first step (a resumed run starts where its checkpoint stopped).
+    captioner: for video-text training, each clip also gets a caption of its video
+      (records need `captions`), in the field `text`.
 
   Raises:
     ValueError: before anything runs, when N_max cannot hold the largest plan or the
@@ -160,7 +200,7 @@ def train_dataset(source, *, sampler: PlanSampler, global_batch_size: int, n_max
     raise ValueError('the training source is empty')
   videos = global_batch_size // num_sample  # per step
   clip = TrainClip(source, sampler, videos, n_max, num_sample, flip, tuple(scale),
-                   tuple(ratio), seed)
+                   tuple(ratio), seed, captioner)
   ds = grain.MapDataset.source(source).map_with_index(_WithSourceIndex(len(source)))
   ds = ds.seed(seed).shuffle().repeat(num_epochs)  # the global stream, the same everywhere
   ds = ds.map_with_index(clip)  # keyed on the global position

@@ -10,16 +10,26 @@ from etils import epath
 import tensorflow_datasets as tfds
 
 
+DATASETS = ('synthetic_motion', 'video_csv', 'synthetic_captions', 'captioned_video')
+CAPTIONED = ('synthetic_captions', 'captioned_video')  # records carry `captions`
+
+
 def open_dataset(config: Mapping[str, Any]):
   """(train source, eval source, class names) from the `config.data` block.
 
-  Keys: `name` ('synthetic_motion' or 'video_csv'), `config` (the builder config name;
-  synthetic_motion builds it on first use), `data_dir`, `train_split`, `eval_split`.
+  Keys: `name` (DATASETS), `config` (the builder config name; synthetic_motion and
+  synthetic_captions build it on first use), `data_dir`, `train_split`, `eval_split`.
   Splits are TFDS split specs, slices included ('train[:90%]', 'train[-200:]').
-  A video_csv dataset must have been built with `flux_jax.data.builders.video_csv.build`.
+  A video_csv or captioned_video dataset must have been built first
+  (`python -m flux_jax.cli.build_dataset`). Captioned datasets may have no class names
+  (None; their labels are -1).
   """
   builder = open_builder(config)
-  names = builder.info.features['label'].names
+  if config['name'] in CAPTIONED:
+    from flux_jax.data.builders import captioned_video  # pylint: disable=g-import-not-at-top
+    names = captioned_video.class_names(builder)
+  else:
+    names = builder.info.features['label'].names
   return (builder.as_data_source(config['train_split']),
           builder.as_data_source(config['eval_split']), names)
 
@@ -59,11 +69,14 @@ def open_builder(config: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
   if name == 'synthetic_motion':
     from flux_jax.data.builders import synthetic_motion  # pylint: disable=g-import-not-at-top
     builder = synthetic_motion.build(config['config'], data_dir)
-  elif name == 'video_csv':
+  elif name == 'synthetic_captions':
+    from flux_jax.data.builders import synthetic_captions  # pylint: disable=g-import-not-at-top
+    builder = synthetic_captions.build(config['config'], data_dir)
+  elif name in ('video_csv', 'captioned_video'):
     builder = tfds.builder_from_directory(newest_version(
-        os.path.join(data_dir, 'video_csv', config['config']), config['config']))
+        os.path.join(data_dir, name, config['config']), config['config']))
   else:
-    raise ValueError(f"data.name={name!r} is not 'synthetic_motion' or 'video_csv'")
+    raise ValueError(f'data.name={name!r} is not one of {DATASETS}')
   return builder
 
 
@@ -82,6 +95,6 @@ def newest_version(path: str, config_name: str) -> str:
     if why is None:
       return os.path.join(path, str(version))
     logging.warning('%s/%s is not a finished build (%s): skipped', path, version, why)
-  raise ValueError(f'data.config={config_name!r}: no finished video_csv build in {path} '
+  raise ValueError(f'data.config={config_name!r}: no finished build in {path} '
                    f'(found {sorted(names)}); build it with '
-                   'flux_jax.data.builders.video_csv.build')
+                   'python -m flux_jax.cli.build_dataset')

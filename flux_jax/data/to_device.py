@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from flux_jax.data.pipeline import STAT_FIELDS, TOKEN_FIELDS
-from flux_jax.tokens.token_batch import TokenBatch
+from flux_jax.tokens.token_batch import ClipBatch, TokenBatch
 
 
 def batch_stats(batch: dict[str, np.ndarray]) -> dict[str, int]:
@@ -40,6 +40,13 @@ def to_global(batch: dict[str, np.ndarray], sharding: jax.sharding.Sharding) -> 
   """
   return TokenBatch(**{k: jax.make_array_from_process_local_data(sharding, batch[k])
                        for k in TOKEN_FIELDS})
+
+
+def to_global_clip(batch: dict[str, np.ndarray],
+                   sharding: jax.sharding.Sharding) -> ClipBatch:
+  """`to_global` with the host batch's captions (`text`): a ClipBatch of global arrays."""
+  return ClipBatch(tokens=to_global(batch, sharding),
+                   text=jax.make_array_from_process_local_data(sharding, batch['text']))
 
 
 def global_batches(batches: Iterable[dict[str, np.ndarray]],

@@ -13,7 +13,6 @@ The scale is `exp(t)`, clipped to `max_logit_scale`: InternVideo2 keeps a temper
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Mapping
 
@@ -23,7 +22,8 @@ import jax.numpy as jnp
 
 from flux_jax.model import layers
 from flux_jax.model.fluxvit import FluxViT, dummy_tokens, make_model, model_config
-from flux_jax.model.text import TextTransformer, dummy_ids, make_text_model
+from flux_jax.model.text import (TextTransformer, dummy_ids, make_text_model,
+                                 text_model_config)
 from flux_jax.tokens.token_batch import TokenBatch
 
 LOSSES = ('softmax', 'sigmoid')
@@ -130,10 +130,8 @@ def make_clip_model(config: Mapping[str, Any]) -> FluxCLIP:
 
 def clip_model_config(model: FluxCLIP) -> dict[str, Any]:
   """Every field as JSON-friendly values; `make_clip_model` rebuilds the model."""
-  text = {f.name: getattr(model.text, f.name) for f in dataclasses.fields(model.text)
-          if f.name not in ('parent', 'name')}
-  text['dtype'] = jnp.dtype(text['dtype']).name
-  return dict(vision=model_config(model.vision), text=text, loss=model.loss,
+  return dict(vision=model_config(model.vision), text=text_model_config(model.text),
+              loss=model.loss,
               temperature_init=model.temperature_init, bias_init=model.bias_init,
               max_logit_scale=model.max_logit_scale)
 
@@ -146,3 +144,9 @@ def init_clip_params(model: FluxCLIP, rng: jax.Array) -> dict:
   """Float32 parameters (logical-axis boxes removed)."""
   variables = jax.jit(lambda r: model.init({'params': r}, *dummy_clip_inputs(model)))(rng)
   return nn.unbox(variables['params'])
+
+
+def abstract_clip_params(model: FluxCLIP) -> dict:
+  """ShapeDtypeStructs of the params, computed without allocating them."""
+  return nn.unbox(jax.eval_shape(lambda: model.init({'params': jax.random.key(0)},
+                                                    *dummy_clip_inputs(model)))['params'])

@@ -145,6 +145,14 @@ def make_text_model(config: Mapping[str, Any]) -> TextTransformer:
   return model
 
 
+def text_model_config(model: TextTransformer) -> dict[str, Any]:
+  """Every field as JSON-friendly values; `make_text_model` rebuilds the model."""
+  out = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+         if f.name not in ('parent', 'name')}
+  out['dtype'] = jnp.dtype(out['dtype']).name
+  return out
+
+
 def dummy_ids(model: TextTransformer, batch_size: int = 1) -> jax.Array:
   return jnp.zeros((batch_size, model.context_length), jnp.int32)
 

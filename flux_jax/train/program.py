@@ -14,7 +14,9 @@ import flax.linen as nn
 import jax
 
 from flux_jax import sharding
+from flux_jax.model.clip import FluxCLIP, dummy_clip_inputs, make_clip_model
 from flux_jax.model.fluxvit import FluxViT, dummy_tokens, make_model
+from flux_jax.train import clip as clip_lib
 from flux_jax.train import distill
 from flux_jax.train import optim
 from flux_jax.train import steps as steps_lib
@@ -32,19 +34,30 @@ def schedule_steps(config, num_videos: int) -> tuple[int, int, int]:
   return total, min(warmup, total), per_epoch
 
 
-def make_tx(config, model: FluxViT, total: int, warmup: int):
+def make_train_model(config) -> FluxViT | FluxCLIP:
+  """The module a config trains: FluxViT, or with train.mode='clip' FluxViT-CLIP (the
+  FluxViT of `config.model`, the text tower of `config.text`, the options of
+  `config.clip`)."""
+  if config.train.mode == 'clip':
+    return make_clip_model(dict(vision=config.model, text=config.text, **config.clip))
+  return make_model(config.model)
+
+
+def make_tx(config, model: FluxViT | FluxCLIP, total: int, warmup: int):
   o = config.optim
   scale = 1.0
   if o.scale_lr:
     scale = optim.scaled_lr(1.0, config.train.global_batch_size // config.data.num_sample, 1,
                             config.data.num_sample)
+  depth = (model.vision if isinstance(model, FluxCLIP) else model).depth
+  patterns = {k: tuple(o[k]) for k in optim.OPTIONAL_KEYS if k in o}  # frozen, no_decay
   return optim.make_optimizer(dict(
       lr=o.lr * scale, min_lr=o.min_lr * scale, warmup_lr=o.warmup_lr * scale,
       warmup_steps=warmup, total_steps=total, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2,
-      eps=o.eps, layer_decay=o.layer_decay, clip_grad=o.clip_grad, depth=model.depth))
+      eps=o.eps, layer_decay=o.layer_decay, clip_grad=o.clip_grad, depth=depth, **patterns))
 
 
-def make_train_step(config, model: FluxViT, tx,
+def make_train_step(config, model: FluxViT | FluxCLIP, tx,
                     distillation: distill.Distillation | None = None):
   if config.train.mode == 'distill':
     return distill.make_step_from_config(config.distill, distillation.student,
@@ -59,14 +72,23 @@ def make_train_step(config, model: FluxViT, tx,
     return steps_lib.make_flux_single_step(model, tx, budget=config.train.single_budget,
                                            head=config.train.single_head, mix=mix,
                                            smoothing=config.train.smoothing)
-  raise ValueError(f"train.mode={config.train.mode!r} is not 'multi', 'single' or "
-                   "'distill'")
+  if config.train.mode == 'clip':
+    return clip_lib.make_flux_clip_step(model, tx, budgets=config.train.budgets,
+                                        distill_weight=config.train.distill_weight)
+  raise ValueError(f"train.mode={config.train.mode!r} is not 'multi', 'single', "
+                   "'distill' or 'clip'")
 
 
-def abstract_state(model: FluxViT, tx, mesh, rules):
+def _dummy_inputs(model) -> tuple:
+  if isinstance(model, FluxCLIP):
+    return dummy_clip_inputs(model)
+  return (dummy_tokens(model),)
+
+
+def abstract_state(model, tx, mesh, rules):
   """Shapes and shardings of the train state, computed without allocating it."""
   def init(rng):
-    boxed = model.init({'params': rng}, dummy_tokens(model))['params']
+    boxed = model.init({'params': rng}, *_dummy_inputs(model))['params']
     return TrainState.create(boxed, tx)  # optax keeps the logical boxes of the params
   boxed = jax.eval_shape(init, jax.random.key(0))
   shardings = sharding.logical_shardings(nn.get_partition_spec(boxed), nn.unbox(boxed), mesh,
@@ -81,7 +103,7 @@ class TrainProgram:
 
   Attributes:
     mesh, rules: the device mesh and logical-axis rules.
-    model: the FluxViT (the student when distilling).
+    model: the module trained: FluxViT, the student when distilling, FluxCLIP for CLIP.
     tx: the optimizer.
     schedule: (total steps, warmup steps, steps per epoch).
     distillation: the Flux-UMT teacher and student, or None.
@@ -92,7 +114,7 @@ class TrainProgram:
   """
   mesh: jax.sharding.Mesh
   rules: Any
-  model: FluxViT
+  model: FluxViT | FluxCLIP
   tx: Any
   schedule: tuple[int, int, int]
   distillation: distill.Distillation | None
@@ -132,7 +154,7 @@ def train_program(config, mesh: jax.sharding.Mesh, num_videos: int, *,
   program only (AOT): a distillation teacher is then abstract, nothing is read or written.
   """
   rules = sharding.rules_of(config)
-  model = make_model(config.model)
+  model = make_train_model(config)
   check_batch_axes(config, mesh)
   schedule = schedule_steps(config, num_videos)
   tx = make_tx(config, model, *schedule[:2])
