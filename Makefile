@@ -14,7 +14,7 @@ JAX_VERSION := $(shell sed -n 's/^jax==\([0-9.]*\).*/\1/p' requirements.txt)
 JAX_EXTRA := $(if $(filter cpu,$(ACCEL)),,"jax[$(ACCEL)]==$(JAX_VERSION)")
 BASE := $(VENV)/.base-$(ACCEL)
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo clip test test-slow bench clean
 
 $(BASE): requirements.txt setup.py
 	@for s in $(VENV)/.base-*; do if [ -e "$$s" ] && [ "$$s" != "$@" ]; then \
@@ -44,6 +44,10 @@ $(VENV)/.aot: requirements-aot.txt | $(BASE)
 
 demo: $(BASE)
 	$(PY) -m flux_jax.cli.demo
+
+# FluxViT-CLIP's Table 9 analogue on synthetic captions (docs/clip.md), on CPU.
+clip: $(BASE)
+	$(PY) -m flux_jax.experiments.clip_synthetic
 
 # Test files run on TEST_WORKERS processes (pytest-xdist; a file stays on one worker).
 TEST_WORKERS ?= 2

@@ -33,18 +33,21 @@ def _bench(*args, check=True):
   return proc
 
 
-def test_tiny_recipe_compiles_for_v5e_with_the_splash_kernel():
+@pytest.mark.parametrize('scan_layers', [True, False])
+def test_tiny_recipe_compiles_for_v5e_with_the_splash_kernel(scan_layers):
   _libtpu_or_skip()
   proc = _bench('--config', 'configs/debug.py', '--topology', 'v5e:2x2', '--batch_per_chip',
-                '2', '--json')
+                '2', f'--config.model.scan_layers={scan_layers}', '--json')
   report = json.loads(proc.stdout.strip().splitlines()[-1])
   assert (report['device_kind'], report['chips'], report['devices']) == ('TPU v5 lite', 4, 4)
   assert report['mesh'] == {'data': 4, 'fsdp': 1, 'tensor': 1}
   assert (report['global_batch'], report['batch_per_chip']) == (8, 2)
-  # 'auto' ran the Pallas kernel on TPU: one forward and two backward kernels per block and
-  # budget (3 budgets x 2 blocks), none of the [K, K] scores in XLA.
+  # 'auto' ran the Pallas kernel on TPU: one forward and two backward kernels per budget
+  # and block (3 budgets x 2 blocks), none of the [K, K] scores in XLA; scanned blocks
+  # hold them once per budget, in the scan's forward and backward bodies.
   assert (report['attention'], report['attention_runs']) == ('auto', 'splash')
-  assert report['ops']['pallas_kernels'] == 3 * 2 * 3
+  kernels = 3 * 3 if scan_layers else 3 * 2 * 3
+  assert report['ops']['pallas_kernels'] == kernels
   # Data parallelism: the gradients are summed over the 4 chips.
   assert report['ops']['all-reduce'] >= 1
   # Memory per chip: libtpu compiled it, the donated state is aliased, the peak holds more
@@ -59,7 +62,7 @@ def test_tiny_recipe_compiles_for_v5e_with_the_splash_kernel():
   # the Pallas kernels; per chip is a quarter of the step.
   assert report['flops_per_chip'] == pytest.approx(report['flops_per_step'] / 4)
   assert report['flops_per_chip'] > report['xla_flops_per_chip'] > 0
-  assert 'fused attention kernels | 18 |' in proc.stdout
+  assert f'fused attention kernels | {kernels} |' in proc.stdout
 
 
 def test_bad_topologies_and_configs_are_refused_with_the_reason():
@@ -90,3 +93,15 @@ def test_a_step_that_exceeds_hbm_is_reported_as_not_fitting():
   assert report['usable_hbm_bytes_per_chip'] <= report['hbm_bytes_per_chip']
   assert report['peak_bytes_per_chip'] > report['hbm_bytes_per_chip']
   assert '| fits | NO |' in proc.stdout
+
+
+def test_the_clip_recipe_compiles_for_v5e():
+  """FluxViT-CLIP's step (two towers, a loss per budget over the gathered batch) lowers
+  and compiles for a TPU topology as the classification step does."""
+  _libtpu_or_skip()
+  proc = _bench('--config', 'configs/fluxvit_clip.py:runlocal=true', '--topology', 'v5e:2x2',
+                '--batch_per_chip', '1', '--json')
+  report = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert report['mode'] == 'clip' and report['global_batch'] == 4
+  assert report['fits'] is True and report['ops']['all-reduce'] >= 1
+  assert report['ops']['all-gather'] >= 1  # the embeddings of the global batch

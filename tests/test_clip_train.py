@@ -78,3 +78,74 @@ def test_stage_two_starts_from_the_clip_params(run, tmp_path):
   np.testing.assert_array_equal(np.asarray(state.params['vision']['head_0']['kernel']),
                                 np.asarray(first['vision']['head_0']['kernel']))
   assert os.path.isdir(tmp_path / 'stage2' / 'params')
+
+
+def test_embed_video_and_text_are_the_evaluations_embeddings(run):
+  """flux_jax.clip on a real mp4 of the validation split: the same embedding as the
+  retrieval evaluation's for that video; captions likewise."""
+  from flux_jax import clip  # pylint: disable=g-import-not-at-top
+  from flux_jax import sharding  # pylint: disable=g-import-not-at-top
+  from flux_jax.data.builders import synthetic_captions  # pylint: disable=g-import-not-at-top
+  from flux_jax.data.sources import open_builder  # pylint: disable=g-import-not-at-top
+  from flux_jax.eval import clip as clip_eval  # pylint: disable=g-import-not-at-top
+  config, workdir, _, _ = run
+  params_dir = str(workdir / 'params')
+  val = open_builder(config.data).as_data_source('validation')
+  path = os.path.join(config.data.data_dir, synthetic_captions.SOURCES, 'tiny',
+                      synthetic_captions.video_path('validation', 3))
+  got = clip.embed_video(path, params_dir, budget=32, grid=(4, 56))
+  assert got.shape == (64,) and abs(np.linalg.norm(got) - 1) < 1e-5
+  model, params = clip.load(params_dir)
+  mesh = sharding.make_mesh({'data': -1}, jax.devices()[:1])
+  want, _ = clip_eval.embed_videos(model, params, val, budget=32, frames=4, resolution=56,
+                                   batch_size=4, sharding=sharding.batch_sharding(mesh))
+  index = [i for i in range(len(val)) if val[i]['id'].decode().endswith('000003.mp4')][0]
+  np.testing.assert_allclose(got, want[index], atol=1e-5)
+  texts = [c.decode() for c in val[index]['captions']]
+  np.testing.assert_allclose(clip.embed_text(model, params, texts),
+                             clip_eval.embed_text(model, params, texts), atol=1e-6)
+  with pytest.raises(ValueError, match='budget'):
+    clip.embed_video(path, params_dir, budget=0)
+
+
+def test_text_tower_round_trip_through_convert_text_and_embed_text(run, tmp_path):
+  """A text tower saved with open_clip's names (torch.save) comes back through the
+  converter's command line; embed_text on it equals the CLIP model's text embeddings."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from flux_jax import clip  # pylint: disable=g-import-not-at-top
+  from flux_jax.convert.open_clip import text_state_dict_from_params  # pylint: disable=g-import-not-at-top
+  _, workdir, _, _ = run
+  model, params = clip.load(str(workdir / 'params'))
+  sd = text_state_dict_from_params(params['text'], model.text, prefix='text.')
+  torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()},
+             tmp_path / 'text.pt')
+  done = subprocess.run([sys.executable, '-m', 'flux_jax.cli.convert_text', '--checkpoint',
+                         str(tmp_path / 'text.pt'), '--out', str(tmp_path / 'text'),
+                         '--variant', 'tiny'], capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert checkpoint.kind_of(tmp_path / 'text') == 'text'
+  tower, tower_params = checkpoint.load_params(tmp_path / 'text')
+  texts = ['a red disc moves to the left', 'A BLUE ball, growing!']
+  np.testing.assert_allclose(clip.embed_text(tower, tower_params, texts),
+                             clip.embed_text(model, params, texts), atol=1e-5)
+
+
+def test_evaluate_command_line_reports_retrieval(run, tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  _, workdir, _, _ = run
+  done = subprocess.run(
+      [sys.executable, '-m', 'flux_jax.cli.evaluate', '--task=retrieval',
+       f'--checkpoint={workdir / "params"}', f'--out={tmp_path}', '--budgets=32',
+       '--frames=2,4', '--resolutions=56', '--batch_size=4'],
+      capture_output=True, text=True, timeout=600,
+      env={k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'})
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert '| 32 | 2 x 56^2 |' in done.stdout
+  with open(tmp_path / 'retrieval.json') as f:
+    rows = json.load(f)['rows']
+  assert {r['kind'] for r in rows} == {'plain', 'candidate', 'to'}
+  assert all('zero_shot_top1' in r and 't2v_r1_sim' in r for r in rows)
+  assert (tmp_path / 'table9.md').exists() and (tmp_path / 'retrieval.csv').exists()

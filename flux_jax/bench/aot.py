@@ -36,7 +36,7 @@ from typing import Any
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from flux_jax.tokens.token_batch import TokenBatch
+from flux_jax.tokens.token_batch import ClipBatch, TokenBatch
 
 # Topology names as libtpu takes them: generation, then chips per dimension.
 TOPOLOGY = re.compile(r'^(v4|v5e|v5p|v6e):(\d+)x(\d+)(?:x(\d+))?$')
@@ -126,13 +126,28 @@ def count_ops(hlo: str) -> dict[str, int]:
   return out
 
 
-def _abstract_args(program, global_batch: int, n_max: int, patch_dim: int):
+def _abstract_args(program, global_batch: int, n_max: int, patch_dim: int,
+                   caption_length: int | None = None):
+  """(state, batch, rng) ShapeDtypeStructs; with `caption_length` the batch is a
+  ClipBatch (FluxViT-CLIP: one caption of that many ids per clip)."""
   state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                        program.state_shapes, program.state_shardings)
   tokens = abstract_batch(global_batch, n_max, patch_dim, program.batch_sharding)
+  if caption_length is not None:
+    tokens = ClipBatch(tokens=tokens, text=jax.ShapeDtypeStruct(
+        (global_batch, caption_length), jax.numpy.int32, sharding=program.batch_sharding))
   key = jax.eval_shape(lambda: jax.random.key(0))
   rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=NamedSharding(program.mesh, P()))
   return state, tokens, rng
+
+
+def _vision(program):
+  """The FluxViT of a program (FluxViT-CLIP's vision tower)."""
+  return getattr(program.model, 'vision', program.model)
+
+
+def _caption_length(config) -> int | None:
+  return config.data.caption_length if config.train.mode == 'clip' else None
 
 
 def model_flops(config, global_batch: int) -> float | None:
@@ -145,7 +160,8 @@ def model_flops(config, global_batch: int) -> float | None:
   config.mesh.update(data=1, fsdp=1, tensor=1)
   mesh = sharding.make_mesh(dict(config.mesh), jax.devices('cpu')[:1])
   program = train_program(config, mesh, global_batch, workdir=None)
-  args = _abstract_args(program, global_batch, config.n_max, program.model.patch_dim)
+  args = _abstract_args(program, global_batch, config.n_max, _vision(program).patch_dim,
+                        _caption_length(config))
   with attention.override('xla'):
     cost = program.lower(*args).cost_analysis()
   return None if not cost else cost.get('flops')
@@ -174,8 +190,9 @@ def run(config, topology: str, batch_per_chip: int | None = None) -> dict[str, A
     program = train_program(config, mesh, videos, workdir=None)
   except ValueError as e:
     raise AotError(f'{topology} ({len(devices)} devices): {e}') from None
-  model = program.model
-  args = _abstract_args(program, global_batch, config.n_max, model.patch_dim)
+  model = _vision(program)
+  args = _abstract_args(program, global_batch, config.n_max, model.patch_dim,
+                        _caption_length(config))
 
   kind = devices[0].device_kind
   per_chip = len(devices) // chips  # v4 topologies expose two devices per chip

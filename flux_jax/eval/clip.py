@@ -16,13 +16,20 @@ Unreadable videos (and their captions) leave the metrics; their count is in ever
 
 from __future__ import annotations
 
+import csv
 import functools
+import json
+import os
 from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
 
+from flux_jax import checkpoint
+from flux_jax import sharding as sharding_lib
 from flux_jax.data import pipeline
+from flux_jax.data.builders import captioned_video
+from flux_jax.data.sources import open_builder
 from flux_jax.eval import retrieval
 from flux_jax.eval.flops import gflops
 from flux_jax.eval.multiview import to_host, views
@@ -215,3 +222,73 @@ def table9(rows: Sequence[dict[str, Any]], metric: str = 't2v_r1_dsl') -> str:
                f"{plain[metric]:.1f} | {to['frames']} x {to['resolution']}^2 | "
                f"{to[metric]:.1f} | {to['gflops']:.2f} |")
   return '\n'.join(out)
+
+
+FIELDS = ('budget', 'kind', 'picked_on', 'frames', 'resolution', 'raw_tokens', 'gflops',
+          't2v_r1_dsl', 't2v_r5_dsl', 't2v_r10_dsl', 'v2t_r1_dsl', 'v2t_r5_dsl',
+          'v2t_r10_dsl', 't2v_r1_sim', 't2v_r5_sim', 't2v_r10_sim', 'v2t_r1_sim',
+          'v2t_r5_sim', 'v2t_r10_sim', 't2v_medr_dsl', 't2v_meanr_dsl', 'r_mean_dsl',
+          'r_mean_sim', 'zero_shot_top1', 'zero_shot_top5', 'videos', 'captions',
+          'unreadable')
+
+
+def evaluate_checkpoint(directory: str, out_dir: str | None, *, frames: Sequence[int],
+                        resolutions: Sequence[int], budgets: Sequence[int] | None = None,
+                        config=None, plain_resolution: int | None = None,
+                        batch_size: int | None = None, select_split: str | None = None,
+                        class_names: Sequence[str] | None = None,
+                        templates: Sequence[str] = retrieval.KINETICS_TEMPLATES,
+                        zero_shot_mode: str = 'embeddings',
+                        progress: Callable[[dict], Any] | None = None
+                        ) -> tuple[list[dict], dict[str, str]]:
+  """`evaluate` of a FluxViT-CLIP params checkpoint on its data (or `config`'s `data`).
+
+  budgets None: the model's head budgets; plain_resolution None: the checkpoint's
+  evaluation resolution; class_names None: the dataset's (zero-shot is skipped without
+  any). Writes OUT/retrieval.{json,csv} and OUT/table9.md (process 0) unless out_dir is
+  None. Returns (rows, paths).
+  """
+  meta = checkpoint.read_config(directory).get('metadata', {})
+  config = meta.get('config') if config is None else config
+  if not config or 'data' not in config:
+    raise ValueError(f'{directory}: no training config in the metadata; pass a config '
+                     'with a data block')
+  model, params = checkpoint.load_params(directory)
+  if not isinstance(model, FluxCLIP):
+    raise ValueError(f'{directory}: a {type(model).__name__} checkpoint; retrieval needs '
+                     "FluxViT-CLIP (a train.mode='clip' run's params)")
+  budgets = tuple(model.head_budgets if budgets is None else budgets)
+  plain_resolution = plain_resolution or (meta.get('eval') or {}).get('resolution')
+  if plain_resolution is None:
+    raise ValueError(f'{directory}: no evaluation resolution in the metadata; give '
+                     'plain_resolution')
+  mesh = sharding_lib.make_mesh({'data': -1})
+  rows_per_batch = mesh.shape['data']
+  batch_size = batch_size or rows_per_batch * -(-16 // rows_per_batch)
+  if batch_size % rows_per_batch:
+    raise ValueError(f'batch_size {batch_size} must divide by the {rows_per_batch} devices')
+  builder = open_builder(config['data'])
+  source = builder.as_data_source(config['data']['eval_split'])
+  select = builder.as_data_source(select_split) if select_split else None
+  if class_names is None:
+    class_names = captioned_video.class_names(builder)
+  params = jax.device_put(params, sharding_lib.replicated(mesh))
+  rows = evaluate(model, params, source, budgets=budgets, frames=frames,
+                  resolutions=resolutions, plain_resolution=plain_resolution,
+                  batch_size=batch_size, sharding=sharding_lib.batch_sharding(mesh),
+                  select_source=select, class_names=class_names, templates=templates,
+                  zero_shot_mode=zero_shot_mode, progress=progress)
+  paths = {}
+  if out_dir is not None and jax.process_index() == 0:
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {k: os.path.join(out_dir, f) for k, f in (
+        ('json', 'retrieval.json'), ('csv', 'retrieval.csv'), ('md', 'table9.md'))}
+    with open(paths['json'], 'w') as f:
+      json.dump({'checkpoint': os.fspath(directory), 'rows': rows}, f, indent=1)
+    with open(paths['csv'], 'w', newline='') as f:
+      writer = csv.DictWriter(f, FIELDS, extrasaction='ignore')
+      writer.writeheader()
+      writer.writerows(rows)
+    with open(paths['md'], 'w') as f:
+      f.write(table9(rows) + '\n')
+  return rows, paths
