@@ -81,9 +81,10 @@ def get_config(arg: str | None = None):
     config.model.update(variant='tiny', dtype='float32', remat='none',
                         head_budgets=(64, 32, 16))
     config.text.update(variant='tiny', dtype='float32')
+    config.data.caption_length = 16  # the tiny text tower's context
     config.train.update(steps=2, global_batch_size=4, budgets=(64, 32, 16))
     config.eval.update(frames=4, resolution=56, budgets=(64, 32, 16), batch_size=4)
-    config.flux.update(frames=(2, 4, 2), resolutions=(56, 84, 28), min_tokens=64,
+    config.flux.update(frames=(4, 10, 2), resolutions=(56, 84, 28), min_tokens=64,
                        max_tokens=128)
     config.n_max = 128
   config.lock()

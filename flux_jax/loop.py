@@ -133,7 +133,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   model = make_model(config.model)  # refuses unknown or bad model keys
   clip = config.train.mode == 'clip'
   if clip:
-    make_train_model(config)  # the text tower's and the clip block's keys too
+    text = make_train_model(config).text  # the text tower's and the clip block's keys too
+    if config.data.caption_length > text.context_length:
+      raise ValueError(f'data.caption_length={config.data.caption_length} is longer than '
+                       f'the text tower\'s context ({text.context_length}, text.context_length)')
   t, d, e = config.train, config.data, config.eval
   for key, value in (('train.log_every', t.log_every),
                      ('train.max_nonfinite_steps', max_nonfinite_steps(config)),

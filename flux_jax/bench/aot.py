@@ -171,6 +171,7 @@ def run(config, topology: str, batch_per_chip: int | None = None) -> dict[str, A
   """Compiles `config`'s train step for `topology`; one report dict (see module doc)."""
   from flux_jax import sharding  # pylint: disable=g-import-not-at-top
   from flux_jax.model import attention  # pylint: disable=g-import-not-at-top
+  from flux_jax.loop import validate  # pylint: disable=g-import-not-at-top
   from flux_jax.train.program import train_program  # pylint: disable=g-import-not-at-top
 
   use_libtpu()
@@ -185,6 +186,7 @@ def run(config, topology: str, batch_per_chip: int | None = None) -> dict[str, A
     raise AotError(f'train.global_batch_size={global_batch} does not divide over the '
                    f'{chips} chips of {topology}')
   try:
+    validate(config)  # a bad config is refused before anything compiles
     mesh = sharding.make_mesh(dict(config.mesh), devices)
     videos = global_batch // config.data.num_sample  # one step per epoch: shapes only
     program = train_program(config, mesh, videos, workdir=None)
@@ -206,7 +208,8 @@ def run(config, topology: str, batch_per_chip: int | None = None) -> dict[str, A
       mesh=dict(mesh.shape), mode=config.train.mode,
       model=f'D{model.embed_dim} x {model.depth}', dtype=jax.numpy.dtype(model.dtype).name,
       remat=model.remat, attention=model.attention, attention_runs=resolved,
-      n_max=config.n_max, budgets=list(config.train.budgets) if config.train.mode == 'multi'
+      n_max=config.n_max, budgets=list(config.train.budgets)
+      if config.train.mode in ('multi', 'clip')
       else [config.train.single_budget] if config.train.mode == 'single'
       else list(config.distill.s_tokens),
       global_batch=global_batch, batch_per_chip=global_batch / chips,
