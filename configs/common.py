@@ -18,12 +18,16 @@ def optional(kind: type):
 def model(variant: str = 'small', num_classes: int = 400, **overrides) -> ConfigDict:
   """The `config.model` block: a FluxViT variant plus field overrides (see make_model).
 
-  `attention` ('auto', 'xla', 'chunked', 'splash', 'cudnn') and `remat` ('none', 'full',
-  'dots_saveable', 'dots_with_no_batch_dims_saveable') are always present, so the command
-  line can set them (`--config.model.attention=chunked`).
+  `attention` ('auto', 'xla', 'chunked', 'splash', 'cudnn'), `remat` ('none', 'full',
+  'dots_saveable', 'dots_with_no_batch_dims_saveable') and `scan_layers` are always
+  present, so the command line can set them (`--config.model.attention=chunked`).
+  `scan_layers` is on: the blocks compile once as an nn.scan instead of depth times, with
+  the same numbers (`--config.model.scan_layers=False` for the unrolled layout); an
+  `init` checkpoint of either layout is converted.
   """
   return ConfigDict(dict(variant=variant, num_classes=num_classes,
-                         **{'attention': 'auto', 'remat': 'none', **overrides}))
+                         **{'attention': 'auto', 'remat': 'none', 'scan_layers': True,
+                            **overrides}))
 
 
 def data(name: str, config: str, data_dir: str = '~/tensorflow_datasets', **kw) -> ConfigDict:

@@ -26,7 +26,8 @@ def get_config(arg: str | None = None):
       'tiny', num_classes=6, embed_dim=96, depth=4, num_heads=3, attn_pool_num_heads=4,
       clip_embed_dim=96, pos_grid=(8, 8, 8), head_budgets=(64, 32, 16),
       drop_path_rate=0.05,
-      pos_temporal_scale=5.0)  # from scratch: see FluxViT.pos_temporal_scale
+      pos_temporal_scale=5.0,  # from scratch: see FluxViT.pos_temporal_scale
+      scan_layers=False)  # 4 blocks on CPU: unrolled compiles as fast and steps ~25% faster
   config.data = common.data('synthetic_motion', a['size'], a['data_dir'], flip=False,
                             scale=(0.5, 1.0),  # direction-sensitive: no flip
                             train_split='train[:90%]')  # 10% held out for TO's choice

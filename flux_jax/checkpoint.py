@@ -39,8 +39,8 @@ import orbax.checkpoint as ocp
 
 from flux_jax import hosts
 from flux_jax.model.clip import FluxCLIP, abstract_clip_params, make_clip_model
-from flux_jax.model.fluxvit import (PER_HEAD_MODULES, FluxViT, abstract_params, make_model,
-                                    param_specs)
+from flux_jax.model.fluxvit import (BLOCKS, PER_HEAD_MODULES, FluxViT, abstract_params,
+                                    as_layout, make_model, param_specs)
 from flux_jax.model.layers import CLASSES
 from flux_jax.model.text import TextTransformer, abstract_text_params, make_text_model
 
@@ -244,7 +244,8 @@ def _load_model(directory) -> tuple[Module, Any]:
     raise ValueError(f'{directory}: bad model config: {e}') from e
 
 
-def load_params(directory: str | os.PathLike, shardings=None) -> tuple[Module, dict]:
+def load_params(directory: str | os.PathLike, shardings=None, *,
+                scan_layers: bool | None = None) -> tuple[Module, dict]:
   """Rebuilds the model saved by `save_params` and restores its params.
 
   Params come back as float32 jax arrays, checked leaf by leaf against the shapes of the
@@ -252,22 +253,39 @@ def load_params(directory: str | os.PathLike, shardings=None) -> tuple[Module, d
   `jax.sharding.Sharding` like the params, e.g. `sharding.param_shardings(model, ...)`),
   each array restored straight into its sharding, every host reading only its shards.
 
+  `scan_layers` (FluxViT checkpoints) asks for the model and params in that block layout
+  whatever layout they were saved in (None: as saved); the params are restored in the
+  saved layout, sharded as `shardings` say for the other, and converted on the devices.
+
   Raises:
     ValueError: the directory is missing, is not a params checkpoint, or its params do
       not match its config.
   """
-  model, abstract = _load_model(directory)
+  saved, stored_abstract = _load_model(directory)
+  model, abstract = saved, stored_abstract
+  if scan_layers is not None:
+    if not isinstance(saved, FluxViT):
+      raise ValueError(f'{directory}: scan_layers applies to FluxViT checkpoints; this one '
+                       f'holds a {kind_of(directory)} model')
+    if saved.scan_layers != scan_layers:
+      model = saved.clone(scan_layers=scan_layers)
+      abstract = abstract_params(model)
   if shardings is None:
     shardings = jax.tree.map(
         lambda _: jax.sharding.SingleDeviceSharding(jax.local_devices()[0]), abstract)
   path = _params_dir(directory)
+  target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        abstract, shardings)
+  if model is not saved:  # the saved layout's arrays, sharded like their blocks will be
+    target = as_layout(target, saved.scan_layers, saved.depth)
   with _checkpointer() as ckptr:
     stored = ckptr.metadata(path).item_metadata[PARAMS].tree
-    _check_params(abstract, stored, os.fspath(directory))
-    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                          abstract, shardings)
+    _check_params(stored_abstract, stored, os.fspath(directory))
     params = ckptr.restore(path, args=ocp.args.Composite(
         **{PARAMS: ocp.args.StandardRestore(target)}))[PARAMS]
+  if model is not saved:
+    params = jax.jit(lambda p: as_layout(p, model.scan_layers, model.depth),
+                     out_shardings=shardings)(params)
   return model, params
 
 
@@ -361,6 +379,11 @@ class TrainCheckpointer:
     where = f'{self.directory} step {step}'
     target = _restore_target(abstract_state, where)
     stored = self._manager.item_metadata(step)[STATE].tree
+    saved, wanted = _block_layout(stored), _block_layout(target)
+    if saved and wanted and saved != wanted:
+      raise ValueError(f'{where}: the checkpoint\'s blocks are {saved}, this run\'s are '
+                       f'{wanted}; resume with --config.model.scan_layers='
+                       f'{saved == "scanned"} (the layout it was saved with)')
     _check_tree(target, stored, f'{where}: the checkpointed state does not match the '
                 f'abstract state ("missing": only in the abstract state; "want": its shape)')
     restored = self._manager.restore(step, args=ocp.args.Composite(**{
@@ -391,6 +414,17 @@ class TrainCheckpointer:
     self.close()
 
 
+def _block_layout(tree) -> str | None:
+  """'scanned' (a stacked `blocks`), 'unrolled' (`blocks_{i}`) or None: how the FluxViT
+  blocks inside a params or train-state tree are laid out."""
+  keys = list(_flat(tree))
+  if any(re.search(r'(^|/)blocks/', k) for k in keys):
+    return 'scanned'
+  if any(re.search(r'(^|/)blocks_\d+/', k) for k in keys):
+    return 'unrolled'
+  return None
+
+
 def _put_like(value, like: jax.Array) -> jax.Array:
   """`value` as a global array with `like`'s sharding (each process fills its shards)."""
   host = np.asarray(value)
@@ -410,6 +444,17 @@ def _num_heads(flat: Mapping[str, Any]) -> int:
   return len({k.split('/')[0] for k in flat if k.startswith('head_')})
 
 
+def _layout_of(params: Mapping[str, Any], source: Module, loaded: dict) -> dict:
+  """The checkpoint's params `loaded` (of model `source`) in the block layout of
+  `params`: scanned where `params` hold a stacked `blocks`, unrolled otherwise."""
+  if isinstance(source, FluxViT):
+    return as_layout(loaded, BLOCKS in params, source.depth)
+  if isinstance(source, FluxCLIP) and isinstance(params.get('vision'), Mapping):
+    return dict(loaded, vision=as_layout(loaded['vision'], BLOCKS in params['vision'],
+                                         source.vision.depth))
+  return loaded
+
+
 def init_from(directory: str | os.PathLike, params: dict) -> dict:
   """`params` (freshly initialised, any sharding) with the values of a params checkpoint.
 
@@ -424,18 +469,23 @@ def init_from(directory: str | os.PathLike, params: dict) -> dict:
   A checkpoint of another kind (a FluxViT-CLIP run's, a text tower's) must fit `params`
   leaf for leaf.
 
+  The block layout follows `params`: a checkpoint saved unrolled (`blocks_{i}`, its
+  config's scan_layers False) starts a scanned model (a stacked `blocks`), and the
+  reverse; for FluxViT-CLIP, the vision tower's.
+
   Raises:
     ValueError: the directory is not a params checkpoint, or its params do not fit
       `params` beyond the class count and the heads.
   """
   source, loaded = load_params(directory)
+  loaded = _layout_of(params, source, loaded)
   fresh, got = _flat(params), _flat(loaded)
   if not isinstance(source, FluxViT):
     _check_tree(fresh, got, f'init_from({directory}): the checkpoint does not fit the '
                 'params (want: the shape of the params)')
     return flax.traverse_util.unflatten_dict(
         {tuple(k.split('/')): _put_like(got[k], v) for k, v in fresh.items()})
-  specs = _flat(param_specs(source))
+  specs = _flat(param_specs(source.clone(scan_layers=BLOCKS in params)))  # as `got`
   new_heads = sorted(k for k in fresh if k not in got and _PER_HEAD.match(k))
   dropped = sorted(k for k in got if k not in fresh and _PER_HEAD.match(k))
   got = {k: v for k, v in got.items() if k not in dropped}

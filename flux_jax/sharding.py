@@ -14,6 +14,10 @@ Every parameter and every activation that crosses a block carries logical axis n
                                                hidden activations split alike
   heads, joined_kv,         'tensor'           attention and pooling split by head (the
   activation_heads                             splash kernel's shard_map follows it)
+  layers                    None               the leading axis of scanned blocks' params
+                                               (model.scan_layers) is not split: each
+                                               device holds its shards of every block,
+                                               as in the unrolled layout
   everything else           replicated         kv, qkv, patch, pos_t/h/w (small), classes
                                                (the classifier is <0.5M params; whole
                                                logits keep the softmax local),
@@ -61,6 +65,7 @@ DEFAULT_RULES: Rules = (
     (layers.JOINED_KV, 'tensor'),
     (layers.ACT_HEADS, 'tensor'),
     (layers.ACT_MLP, 'tensor'),
+    (layers.LAYERS, None),
 )
 
 

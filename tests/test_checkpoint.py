@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from flux_jax import sharding
-from flux_jax.checkpoint import load_params, read_config, save_params
+from flux_jax.checkpoint import (TrainCheckpointer, init_from, load_params, read_config,
+                                 save_params)
 from flux_jax.convert import to_official_state_dict
-from flux_jax.model.fluxvit import init_params, make_model, model_config
+from flux_jax.model.fluxvit import init_params, make_model, model_config, stack_blocks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,6 +61,70 @@ def test_restores_straight_into_the_given_shardings(tiny, tmp_path):
   split = [x for x in jax.tree.leaves(got) if not x.sharding.is_fully_replicated]
   assert split  # the tiny model's embed axis (64) shards over fsdp, its mlp over tensor
   assert all(len(x.devices()) == 8 for x in jax.tree.leaves(got))
+
+
+def test_init_from_converts_between_block_layouts(tiny, tmp_path):
+  """A checkpoint saved unrolled starts a scanned model (model.scan_layers) and the
+  reverse: bit-equal values, each leaf in the sharding of the fresh params."""
+  model, params = tiny
+  scanned, stacked = model.clone(scan_layers=True), stack_blocks(params, model.depth)
+  save_params(tmp_path / 'unrolled', params, model_config(model))
+  save_params(tmp_path / 'scanned', stacked, model_config(scanned))
+  mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
+  for saved, target, want in (('unrolled', scanned, stacked), ('scanned', model, params)):
+    shardings = sharding.param_shardings(target, mesh)
+    fresh = jax.device_put(jax.tree.map(np.zeros_like, want), shardings)
+    got = init_from(tmp_path / saved, fresh)
+    _assert_bit_equal(got, want)
+    assert all(x.sharding == s for x, s in zip(jax.tree.leaves(got), jax.tree.leaves(shardings)))
+  assert shardings['blocks_0']['mlp']['fc1']['kernel'].spec == jax.sharding.PartitionSpec(
+      'fsdp', 'tensor')
+  assert sharding.param_shardings(scanned, mesh)['blocks']['mlp']['fc1']['kernel'].spec == (
+      jax.sharding.PartitionSpec(None, 'fsdp', 'tensor'))  # 'layers' is not split
+
+
+def test_load_params_in_the_other_block_layout(tiny, tmp_path):
+  """`scan_layers` asks for a layout (the teacher follows the student's): restored in the
+  saved one, sharded as the requested one, converted on the devices."""
+  model, params = tiny
+  scanned, stacked = model.clone(scan_layers=True), stack_blocks(params, model.depth)
+  save_params(tmp_path / 'ckpt', params, model_config(model))
+  mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
+  want = sharding.param_shardings(scanned, mesh)
+  got_model, got = load_params(tmp_path / 'ckpt', want, scan_layers=True)
+  assert got_model == scanned
+  _assert_bit_equal(got, stacked)
+  assert all(x.sharding == s for x, s in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+  save_params(tmp_path / 'scanned', stacked, model_config(scanned))
+  got_model, got = load_params(tmp_path / 'scanned', scan_layers=False)
+  assert got_model == model
+  _assert_bit_equal(got, params)
+  assert load_params(tmp_path / 'scanned', scan_layers=True)[0] == scanned
+
+
+def test_resuming_in_the_other_block_layout_names_the_flag(tiny, tmp_path):
+  model, params = tiny
+  with TrainCheckpointer(tmp_path, keep=1, save_every=1, async_save=False) as ckpt:
+    ckpt.save(1, {'params': params}, {'step': 1}, force=True)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                            {'params': stack_blocks(params, model.depth)})
+    with pytest.raises(ValueError, match=re.escape(
+        "blocks are unrolled, this run's are scanned; resume with "
+        '--config.model.scan_layers=False')):
+      ckpt.restore(1, abstract)
+
+
+def test_a_config_saved_before_scan_layers_loads_unrolled(tiny, tmp_path):
+  model, params = tiny
+  save_params(tmp_path / 'c', params, model_config(model))
+  [config_file] = [p for p in (tmp_path / 'c' / 'config').iterdir() if p.suffix != '.txt']
+  config = json.loads(config_file.read_text())
+  del config['model']['scan_layers']
+  config_file.write_text(json.dumps(config))
+  got_model, got = load_params(tmp_path / 'c')
+  assert not got_model.scan_layers
+  _assert_bit_equal(got, params)
 
 
 def test_relative_paths_work(tiny, tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import torch
 from flux_jax.convert.official import (CheckpointError, load_official_checkpoint,
                                        to_official_state_dict)
 from flux_jax.model import init_params, make_model
+from flux_jax.model.fluxvit import stack_blocks, unstack_blocks
 import reference_torch
 
 KW = dict(variant='tiny', num_classes=5, num_frames=4)
@@ -41,6 +42,32 @@ def test_params_to_official_to_params_is_bit_equal():
   assert set(flat_a) == set(flat_b)
   for k in flat_a:
     assert np.array_equal(np.asarray(flat_a[k]), flat_b[k]), k
+
+
+def test_official_to_scanned_params_to_official_is_bit_equal(official):
+  """scan_layers=True: the blocks' tensors stacked [depth, ...] in block order, written
+  back from either layout bit-equal."""
+  model, params = load_official_checkpoint(official, scan_layers=True, **KW)
+  assert model.scan_layers and 'blocks_0' not in params
+  assert params['blocks']['attn']['qkv']['kernel'].shape == (2, 64, 3, 2, 32)
+  unrolled_model, unrolled = load_official_checkpoint(official, **KW)
+  jax.tree.map(np.testing.assert_array_equal, params, stack_blocks(unrolled, 2))
+  jax.tree.map(np.testing.assert_array_equal, unstack_blocks(params), unrolled)
+  for back in (to_official_state_dict(model, params),
+               to_official_state_dict(unrolled_model, params)):
+    assert set(back) == set(official)
+    for name, value in official.items():
+      assert back[name].dtype == value.dtype and np.array_equal(back[name], value), name
+
+
+def test_stack_blocks_names_what_does_not_fit():
+  params = init_params(make_model(dict(variant='tiny', num_classes=5)), jax.random.key(0))
+  with pytest.raises(ValueError, match=r"missing \['blocks_2'\]"):
+    stack_blocks(params, 3)
+  with pytest.raises(ValueError, match=r"beyond the depth \['blocks_1'\]"):
+    stack_blocks(params, 1)
+  with pytest.raises(ValueError, match="'blocks'"):
+    unstack_blocks(params)
 
 
 def test_reads_pth_with_model_key_and_prefix(official, tmp_path):

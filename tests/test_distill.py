@@ -8,7 +8,8 @@ import optax
 import pytest
 
 from flux_jax import sharding
-from flux_jax.model.fluxvit import DistillStudent, dummy_tokens, init_params, make_model
+from flux_jax.model.fluxvit import (DistillStudent, dummy_tokens, init_params, make_model,
+                                    stack_blocks)
 from flux_jax.model.teacher import Teacher
 from flux_jax.tokens.select import select_tokens
 from flux_jax.tokens.token_batch import TokenBatch, patchify
@@ -209,6 +210,36 @@ def test_one_pass_per_step_with_student_selection(models):
     np.testing.assert_allclose(float(m['loss']), float(m['mid']) + float(m['final']),
                                rtol=1e-6)
   assert len(seen) >= 2
+
+
+def test_scanned_blocks_give_the_same_targets_and_step(models):
+  """Student and teacher with scanned blocks (the middle layers from the scan's carried
+  buffer): the same teacher targets, losses and updated params as unrolled."""
+  student_model, teacher_model, tparams = models
+  student, teacher, sparams = _setup(student_model, teacher_model)
+  tokens, rng = _tokens(GRIDS[2], seed=4), jax.random.key(3)
+  tx = optax.sgd(0.1)
+  out = {}
+  for scan in (False, True):
+    s = DistillStudent(student_model.clone(scan_layers=scan), student.layers,
+                       student.target_dim, student.target_final_dim, student.heads,
+                       student.layer_decoder, student.final_decoder)
+    t = Teacher(teacher_model.clone(scan_layers=scan), teacher.layers, teacher.head)
+    sp, tp = ((stack_blocks(sparams, 2), stack_blocks(tparams, 2)) if scan
+              else (sparams, tparams))
+    parts = distill.make_distill_parts(s, t, tx, t_tokens=T_TOKENS, s_tokens=(32, 24, 16),
+                                       heads=(0, 1, 1))
+    targets = jax.jit(parts.targets)(tokens, rng, tp, sp)
+    state, metrics = jax.jit(_step(s, t, tx))(TrainState.create(sp, tx), tokens, rng, tp)
+    out[scan] = targets.teacher, metrics, state.params
+  (want_t, want_m, want_p), (got_t, got_m, got_p) = out[False], out[True]
+  assert got_t.layers.shape == (2, 2, 1 + T_TOKENS, 48)
+  for g, w in zip(jax.tree.leaves(got_t), jax.tree.leaves(want_t)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6, atol=1e-6)
+  for k in want_m:
+    np.testing.assert_allclose(float(got_m[k]), float(want_m[k]), rtol=1e-5, err_msg=k)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got_p,
+               stack_blocks(want_p, 2))
 
 
 def test_sharded_step_equals_one_device(models):

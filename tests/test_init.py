@@ -2,14 +2,24 @@
 
 import jax
 import numpy as np
+import pytest
 
 from flux_jax.model import init_params, make_model
 from flux_jax.model import posemb
+from flux_jax.model.fluxvit import unstack_blocks
 
 
-def test_init_matches_spec():
-  model = make_model(dict(variant='tiny', num_classes=5, depth=4, embed_dim=128))
+@pytest.mark.parametrize('scan_layers', [False, True])
+def test_init_matches_spec(scan_layers):
+  """Scanned blocks too: fix_init_weight's per-block scale is a scanned input there."""
+  model = make_model(dict(variant='tiny', num_classes=5, depth=4, embed_dim=128,
+                          scan_layers=scan_layers))
   p = jax.tree.map(np.asarray, init_params(model, jax.random.key(0)))
+  if scan_layers:
+    assert p['blocks']['attn']['qkv']['kernel'].shape[0] == 4
+    p = unstack_blocks(p)
+  assert not np.array_equal(p['blocks_0']['attn']['qkv']['kernel'],
+                            p['blocks_1']['attn']['qkv']['kernel'])  # an rng per block
   np.testing.assert_allclose(p['pos_embed'], posemb.sincos_3d(4, 4, 4, 128), atol=1e-6)
   np.testing.assert_array_equal(p['cls_pos'], 0)
   np.testing.assert_array_equal(p['gpe_proj']['scale'], 1)

@@ -124,6 +124,30 @@ def test_round_trip_is_bit_equal_and_the_stage2_layout_loads():
     np.testing.assert_array_equal(a, b)
 
 
+def test_a_scanned_teacher_equals_the_reference_and_round_trips():
+  """scan_layers=True: 5 blocks in one scan, the middle layers (any order) from its
+  carried buffer; the InternVideo2 tensors written back bit-equal."""
+  tm = _torch_teacher()
+  sd = _sd(tm)
+  teacher, params = _load(sd, scan_layers=True)
+  assert teacher.model.scan_layers and params['blocks']['mlp']['fc1']['kernel'].shape[0] == 5
+  video = np.random.default_rng(2).normal(size=(2, 8, 42, 70, 3)).astype(np.float32)
+  with torch.no_grad():
+    z, final, attn = tm(torch.from_numpy(video).permute(0, 4, 1, 2, 3), 12)
+  with jax.default_matmul_precision('highest'):
+    out = jax.jit(lambda p, x: teacher.apply({'params': p}, x, budget=48))(
+        params, patchify(video))
+  want = {i: z[j].numpy() for j, i in enumerate(sorted(LAYERS))}
+  for got, i in zip(np.asarray(out.layers), teacher.layers):
+    np.testing.assert_allclose(got, want[i], rtol=1e-5, atol=1e-5, err_msg=f'block {i}')
+  np.testing.assert_allclose(out.pooled, final.numpy(), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out.attention, attn.numpy(), rtol=1e-5, atol=1e-7)
+  back = to_iv2_state_dict(teacher.model, params)
+  assert sorted(back) == sorted(sd)
+  for k in sd:
+    assert back[k].dtype == sd[k].dtype and back[k].tobytes() == sd[k].tobytes(), k
+
+
 def test_wrong_files_are_refused_naming_what_does_not_fit(tmp_path):
   sd = _sd(_torch_teacher())
   short = dict(sd)

@@ -9,6 +9,7 @@ import torch
 
 from flux_jax.convert.official import load_official_checkpoint
 from flux_jax.eval.predict import classify
+from flux_jax.model.fluxvit import stack_blocks
 from flux_jax.tokens import patchify
 import reference_torch
 
@@ -52,10 +53,11 @@ GRIDS = [(4, 56, 56, None), (8, 70, 70, None), (2, 28, 42, None), (5, 42, 42, No
 N_MAX = 200
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'budget', 'head', 'align_proj'))
-def _apply(model, params, tokens, budget=None, head=0, align_proj=None):
+@functools.partial(jax.jit, static_argnames=('model', 'budget', 'head', 'align_proj',
+                                             'return_layers'))
+def _apply(model, params, tokens, budget=None, head=0, align_proj=None, return_layers=()):
   return model.apply({"params": params}, tokens, budget=budget, head=head,
-                     align_proj=align_proj)
+                     align_proj=align_proj, return_layers=return_layers)
 
 
 @pytest.mark.parametrize('t,h,w,budget', GRIDS)
@@ -139,3 +141,21 @@ def test_uint8_patches_are_normalized_on_device(pair):
   a, _ = _apply(model, params, patchify(pixels))
   b, _ = _apply(model, params, patchify(normalized.astype(np.float32)))
   _assert_close(a, b)
+
+
+@pytest.mark.parametrize('budget', [None, 60])
+def test_scanned_blocks_compute_the_unrolled_numbers(pair, budget):
+  """model.scan_layers: one nn.scan over the stacked block params gives the unrolled
+  loop's logits, features and block outputs (return_layers in any order, repeated)."""
+  _, model, params = pair
+  scanned, stacked = model.clone(scan_layers=True), stack_blocks(params, model.depth)
+  tokens = patchify(_video(2, 6, 56, 56, seed=8), n_max=N_MAX)
+  for head, layers in ((0, (1, 0, 1)), (1, (0,)), (2, ())):
+    align = None if head == 0 else head - 1
+    want = _apply(model, params, tokens, budget, head, align, layers)
+    got = _apply(scanned, stacked, tokens, budget, head, align, layers)
+    assert set(got[1]) == set(want[1])
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6, atol=1e-6)
+    if layers:
+      assert got[1]['layers'].shape == (len(layers), 2, 1 + (budget or N_MAX), 64)

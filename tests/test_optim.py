@@ -9,6 +9,7 @@ import pytest
 
 from flux_jax.convert.official import rules_for
 from flux_jax.model import abstract_params, init_params, make_model
+from flux_jax.model.fluxvit import stack_blocks
 from flux_jax.train import optim
 
 
@@ -264,3 +265,47 @@ def test_no_decay_patterns_add_to_the_official_rule():
   assert np.any(np.asarray(flat['blocks_0/mlp/fc1/kernel']) != 0)
   with pytest.raises(Exception, match='unterminated|missing'):
     optim.make_optimizer(_config(frozen=('[',)))
+
+
+def test_scanned_blocks_get_the_same_per_layer_scales_masks_and_updates(tiny):
+  """The stacked layout ('blocks/...', [depth, ...] leaves): layer decay scales are arrays
+  along the stacked axis with the unrolled values, the decay mask judges one block's
+  tensor, and two AdamW steps move every block exactly as the unrolled tree does."""
+  model, params = tiny
+  stacked = stack_blocks(params, model.depth)
+  assert list(optim.layer_id(('blocks', 'attn', 'qkv', 'kernel'), 2)) == [1, 2]
+  scales = optim.layer_decay_scales(stacked, 2, 0.75)
+  want = optim.layer_decay_scales(params, 2, 0.75)
+  fc1 = scales['blocks']['mlp']['fc1']['kernel']
+  assert fc1.shape == (2, 1, 1) and fc1.dtype == np.float32
+  for i in range(2):
+    for got, w in zip(jax.tree.leaves(scales['blocks']), jax.tree.leaves(want[f'blocks_{i}'])):
+      assert got[i].item() == np.float32(w)
+  assert scales['head_0']['kernel'] == want['head_0']['kernel']
+  for i in range(2):
+    assert (jax.tree.leaves(optim.decay_mask(stacked)['blocks']) ==
+            jax.tree.leaves(optim.decay_mask(params)[f'blocks_{i}']))
+
+  rng = np.random.default_rng(1)
+  grads = [jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), params)
+           for _ in range(2)]
+  for extra in ({}, {'frozen': (r'^patch_embed/',), 'no_decay': (r'/qkv/',)}):
+    tx = optim.make_optimizer(_config(total_steps=10, **extra))
+    results = []
+    for p, gs in ((params, grads), (stacked, [stack_blocks(g, 2) for g in grads])):
+      state = tx.init(p)
+      for g in gs:
+        updates, state = jax.jit(tx.update)(g, state, p)
+        p = optax.apply_updates(p, updates)
+      results.append(p)
+    jax.tree.map(np.testing.assert_array_equal, results[1], stack_blocks(results[0], 2))
+
+
+def test_single_block_patterns_are_refused_for_scanned_blocks(tiny):
+  model, params = tiny
+  stacked = stack_blocks(params, model.depth)
+  tx = optim.make_optimizer(_config(frozen=(r'^blocks_1/',)))
+  with pytest.raises(ValueError, match=r"'\^blocks_1/' names single blocks"):
+    tx.init(stacked)
+  frozen = optim.matches(stacked, (r'^blocks/',))  # every block in one leaf
+  assert all(jax.tree.leaves(frozen['blocks'])) and not frozen['head_0']['kernel']

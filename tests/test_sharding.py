@@ -192,3 +192,36 @@ def test_rules_in_context_shard_the_activations(tiny, params, mesh):
   with jax.set_mesh(mesh):
     text = jax.jit(lambda p, t: layers_of(p, t)).lower(params, tokens).as_text()
   assert 'sharding_constraint' not in text
+
+
+def test_scanned_blocks_shard_like_unrolled(tiny, params, mesh):
+  """model.scan_layers: the stacked params keep each block's sharding behind an unsplit
+  'layers' axis, the sharded forward equals the unrolled one, and the rules in context
+  shard the returned block outputs as they do unrolled."""
+  from flux_jax.model.fluxvit import stack_blocks  # pylint: disable=g-import-not-at-top
+  scanned, stacked = tiny.clone(scan_layers=True), stack_blocks(params, tiny.depth)
+  got = _flat(sharding.param_shardings(scanned, mesh))
+  want = _flat(sharding.param_shardings(tiny, mesh))
+  for k, s in got.items():
+    if k.startswith('blocks/'):
+      assert s.spec == P(None, *want[k.replace('blocks/', 'blocks_1/')].spec), k
+  assert param_specs(scanned)['blocks']['attn']['qkv']['kernel'] == P(
+      layers.LAYERS, 'embed', 'qkv', 'heads', 'kv')
+
+  video = np.random.default_rng(0).integers(0, 256, (4, 4, 28, 42, 3), dtype=np.uint8)
+  tokens = jax.device_put(patchify(video, patch_size=14), sharding.batch_sharding(mesh))
+  rules = sharding.DEFAULT_RULES + (('activation_length', 'tensor'),)
+
+  def run(model):
+    def layers_of(p, t):
+      return model.apply({'params': p}, t, budget=15, return_layers=(0, 1))[1]['layers']
+    return layers_of
+
+  want = jax.jit(run(tiny))(params, tokens)
+  stacked = jax.device_put(stacked, sharding.param_shardings(scanned, mesh))
+  with sharding.tracing_context(mesh, rules):
+    compiled = jax.jit(run(scanned)).lower(stacked, tokens).compile()
+  out = NamedSharding(mesh, P(None, ('data', 'fsdp'), 'tensor', None))
+  assert compiled.output_shardings.is_equivalent_to(out, 4), compiled.output_shardings
+  got = compiled(stacked, tokens)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5)

@@ -10,6 +10,7 @@ from flux_jax.data import pipeline
 from flux_jax.data.to_device import global_batches
 from flux_jax.eval.multiview import make_eval_step
 from flux_jax.model import init_params, make_model
+from flux_jax.model.fluxvit import stack_blocks
 from flux_jax.tokens.plan import PlanSampler
 from flux_jax.train import steps
 from flux_jax.train.state import TrainState
@@ -45,7 +46,9 @@ def _batches(source, n, seed=1):
   return [b for _, b in zip(range(n), global_batches(ds, sharding))]
 
 
-def test_flux_multi_step_compiles_once_across_plans(source, model):
+@pytest.mark.parametrize('scan_layers', [False, True])
+def test_flux_multi_step_compiles_once_across_plans(source, model, scan_layers):
+  model = model.clone(scan_layers=scan_layers)
   tx = optax.adamw(1e-3)
   # Committed like the loop's sharded state: jit keys its cache on input placement.
   state = jax.device_put(TrainState.create(init_params(model, jax.random.key(0)), tx),
@@ -77,6 +80,27 @@ def test_tiny_model_overfits_a_few_clips(source, model):
     state, metrics = step(state, tokens, rng)
     losses.append(float(metrics['ce_0']))
   assert losses[-1] < losses[0] / 10, losses
+
+
+def test_scanned_flux_multi_step_equals_unrolled(source, model):
+  """One Flux-Multi step (three budgets, remat inside the scan) from the same params in
+  both block layouts: the same loss, gradient norm and updated params. (Drop path draws
+  other masks per layout: its rngs are split per scanned layer.)"""
+  tx = optax.sgd(0.1)
+  tokens = _batches(source, 1)[0]
+  params = init_params(model, jax.random.key(0))
+  out = {}
+  for scan in (False, True):
+    m = model.clone(scan_layers=scan, remat='full')
+    p = stack_blocks(params, m.depth) if scan else params
+    fn = jax.jit(steps.make_flux_multi_step(m, tx, budgets=BUDGETS, smoothing=0.1))
+    out[scan] = fn(TrainState.create(p, tx), tokens, jax.random.key(0))
+  (want_state, want), (got_state, got) = out[False], out[True]
+  assert set(got) == set(want)
+  for k in want:
+    np.testing.assert_allclose(float(got[k]), float(want[k]), rtol=1e-6, err_msg=k)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               got_state.params, stack_blocks(want_state.params, model.depth))
 
 
 def test_single_step_loss_is_the_cross_entropy(source, model):

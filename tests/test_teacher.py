@@ -128,3 +128,29 @@ def test_a_saved_model_serves_as_teacher(tmp_path):
   _, aux = model.apply({'params': params}, tokens, budget=16, return_layers=(1,))
   np.testing.assert_allclose(out.layers, _unit(aux['layers']), atol=1e-6)
   assert out.attention.shape == (2, 16) and out.index.shape == (2, 16)
+
+
+def test_an_unrolled_checkpoint_serves_a_scanned_teacher(tmp_path):
+  """Flux-UMT's teacher follows the student's model.scan_layers whatever layout its
+  checkpoint has: restored sharded and stacked, the same targets; the run's teacher
+  record does not change with the layout."""
+  from flux_jax import sharding  # pylint: disable=g-import-not-at-top
+  from flux_jax.train import distill  # pylint: disable=g-import-not-at-top
+  model = make_model(dict(variant='tiny', num_classes=3, embed_dim=32, num_heads=2,
+                          attn_pool_num_heads=2, clip_embed_dim=32))
+  params = init_params(model, jax.random.key(1))
+  checkpoint.save_params(tmp_path / 'p', params, model_config(model))
+  cfg = dict(teacher=str(tmp_path / 'p'), teacher_dtype='', teacher_rules=())
+  frozen = distill.teacher_model(cfg, scan_layers=True)
+  assert frozen == model.clone(scan_layers=True)
+  mesh = sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
+  placed, shardings = distill.place_teacher(cfg, frozen, mesh, seed=0)
+  assert placed['blocks']['mlp']['fc1']['kernel'].sharding == (
+      shardings['blocks']['mlp']['fc1']['kernel'])
+  tokens = patchify(np.random.default_rng(4).integers(0, 256, (2, 4, 42, 42, 3), np.uint8))
+  want = Teacher(model, (1, 0)).apply({'params': params}, tokens, budget=16)
+  got = Teacher(frozen, (1, 0)).apply({'params': placed}, tokens, budget=16)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6, atol=1e-6)
+  distill.record_teacher(str(tmp_path), cfg, model)
+  distill.record_teacher(str(tmp_path), cfg, frozen)  # resumed with the other layout

@@ -93,3 +93,42 @@ def test_remat_policies_give_the_same_gradients():
   for key, grads in results.items():
     for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
       np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7, err_msg=str(key))
+
+
+def test_scanned_remat_policies_give_the_same_gradients():
+  """Remat inside nn.scan: each policy recomputes the scanned block's drop path masks
+  exactly (per-layer rates and rngs are scanned inputs)."""
+  tokens = _tokens()
+  results = {}
+  for remat in ('none', 'full', 'dots_with_no_batch_dims_saveable'):
+    model = make_model(dict(variant='tiny', num_classes=5, drop_path_rate=0.5, remat=remat,
+                            scan_layers=True))
+    params = init_params(model, jax.random.key(0))
+
+    def loss(p, model=model):
+      logits, _ = model.apply({'params': p}, tokens, budget=30, head=1, train=True,
+                              rngs={'dropout': jax.random.key(1)})
+      return jnp.mean(logits ** 2)
+
+    with jax.default_matmul_precision('highest'):
+      results[remat] = jax.jit(jax.grad(loss))(params)
+  for remat, grads in results.items():
+    for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(results['none'])):
+      np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7, err_msg=remat)
+
+
+def test_scanned_drop_path_rate_differs_per_block():
+  """Rates linear from 0 (block 0) to drop_path_rate (the last block), as unrolled: at
+  rate 1 the last block drops both residual branches, block 0 never drops."""
+  tokens = _tokens()
+  for scan in (False, True):
+    model = make_model(dict(variant='tiny', num_classes=5, drop_path_rate=1.0,
+                            scan_layers=scan))
+    params = init_params(model, jax.random.key(0))
+    run = jax.jit(lambda p, rng, train, model=model: model.apply(
+        {'params': p}, tokens, budget=30, train=train, return_layers=(0, 1),
+        rngs={'dropout': rng})[1]['layers'], static_argnums=2)
+    train, evaluation = run(params, jax.random.key(1), True), run(params, jax.random.key(1), False)
+    np.testing.assert_array_equal(train[1], train[0])  # the last block passed x through
+    np.testing.assert_array_equal(train[0], evaluation[0])  # block 0: rate 0
+    assert np.abs(np.asarray(evaluation[1] - evaluation[0])).max() > 0

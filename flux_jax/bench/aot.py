@@ -158,6 +158,7 @@ def model_flops(config, global_batch: int) -> float | None:
   from flux_jax.train.program import train_program  # pylint: disable=g-import-not-at-top
   config = copy.deepcopy(config)
   config.mesh.update(data=1, fsdp=1, tensor=1)
+  config.model.scan_layers = False  # XLA's cost analysis counts a scan's body once
   mesh = sharding.make_mesh(dict(config.mesh), jax.devices('cpu')[:1])
   program = train_program(config, mesh, global_batch, workdir=None)
   args = _abstract_args(program, global_batch, config.n_max, _vision(program).patch_dim,

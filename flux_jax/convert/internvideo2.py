@@ -121,7 +121,8 @@ def load_iv2_teacher(path_or_state_dict, *, variant: str = 'iv2_1b', num_frames:
     trust_pickle: unpickle the file fully, which runs any code it names (logged). The
       default reads tensors, plain containers and argparse.Namespace only and refuses
       any other global by name.
-    **model_overrides: other FluxViT fields (dtype, embed_dim, depth, ... for tests).
+    **model_overrides: other FluxViT fields (dtype, embed_dim, depth, ... for tests;
+      scan_layers=True: the teacher's blocks scanned, their params stacked).
 
   Returns:
     (Teacher, float32 params); the params are the teacher FluxViT's (its classifier,
@@ -167,6 +168,7 @@ def load_iv2_teacher(path_or_state_dict, *, variant: str = 'iv2_1b', num_frames:
 
 
 def to_iv2_state_dict(model: FluxViT, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """The teacher's params under InternVideo2 names and layouts (no `vision_encoder.`),
-  pos_embed at the teacher's frames: `load_iv2_teacher` of it gives the params back."""
-  return state_dict_from_rules(iv2_rules(model), params)
+  """The teacher's params (either block layout) under InternVideo2 names and layouts (no
+  `vision_encoder.`), pos_embed at the teacher's frames: `load_iv2_teacher` of it gives
+  the params back."""
+  return state_dict_from_rules(iv2_rules(model), model, params)

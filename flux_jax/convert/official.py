@@ -2,7 +2,10 @@
 
 The mapping is one table of rules, each naming an official tensor, its place in our
 params and the two array transforms (to ours and back). Both directions are exact
-(transposes and reshapes only), so official -> params -> official is bit-equal.
+(transposes and reshapes only), so official -> params -> official is bit-equal. The rules
+name the unrolled layout (`blocks_{i}`, one per official `blocks.{i}`); a model with
+`scan_layers` gets its blocks stacked by `stack_blocks`, and its params are unstacked
+before they are written back.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import ml_dtypes
 import numpy as np
 
 from flux_jax.convert import torch_files
-from flux_jax.model.fluxvit import FluxViT, abstract_params, init_params, make_model
+from flux_jax.model.fluxvit import (FluxViT, abstract_params, as_layout, init_params,
+                                    make_model, stack_blocks)
 
 PREFIXES = ('backbone.', 'encoder.')
 # Keys of the official pretraining model that the fine-tuning model does not have.
@@ -279,7 +283,8 @@ def load_official_checkpoint(path_or_state_dict, *, variant: str, num_classes: i
     trust_pickle: unpickle the file fully, which runs any code it names (logged). The
       default reads tensors, plain containers and argparse.Namespace only and refuses
       any other global by name.
-    **model_overrides: other FluxViT fields (e.g. dtype, selector, head_budgets).
+    **model_overrides: other FluxViT fields (e.g. dtype, selector, head_budgets;
+      scan_layers=True gives the blocks' params stacked, the scanned layout).
 
   Returns:
     (model, params): a FluxViT and its float32 params.
@@ -316,8 +321,10 @@ def params_from_rules(model: FluxViT, rules: list[Rule], sd: Mapping[str, np.nda
                       flat: dict, source: str, expected: str) -> dict:
   """float32 params of `model`: `flat` (entries already made, e.g. the position tables)
   plus every rule's tensor in `sd`, each checked against the model's shape (a mismatch
-  names the tensor, the param and `expected`); params no tensor gave stay at init."""
-  shapes = flax.traverse_util.flatten_dict(abstract_params(model))
+  names the tensor, the param and `expected`); params no tensor gave stay at init. The
+  rules fill the unrolled layout; a scanned model's blocks are stacked at the end."""
+  unrolled = model.clone(scan_layers=False)
+  shapes = flax.traverse_util.flatten_dict(abstract_params(unrolled))
   for path, value in flat.items():
     if value.shape != shapes[path].shape:
       raise CheckpointError(f'{source}: {"/".join(path)} has shape {value.shape}, '
@@ -331,23 +338,25 @@ def params_from_rules(model: FluxViT, rules: list[Rule], sd: Mapping[str, np.nda
                               f'{shapes[rule.path].shape} of {expected}')
       flat[rule.path] = value
   if set(shapes) - set(flat):
-    fresh = flax.traverse_util.flatten_dict(init_params(model, jax.random.key(0)))
+    fresh = flax.traverse_util.flatten_dict(init_params(unrolled, jax.random.key(0)))
     for path in shapes:
       flat.setdefault(path, np.asarray(fresh[path]))
-  return flax.traverse_util.unflatten_dict(
+  params = flax.traverse_util.unflatten_dict(
       {k: np.asarray(v, np.float32) for k, v in flat.items()})
+  return stack_blocks(params, model.depth) if model.scan_layers else params
 
 
 def to_official_state_dict(model: FluxViT, params) -> dict[str, np.ndarray]:
-  """Our params -> official names and layouts (the reverse of the loader)."""
-  return state_dict_from_rules(rules_for(model), params)
+  """Our params (either block layout) -> official names and layouts (the reverse of the
+  loader)."""
+  return state_dict_from_rules(rules_for(model), model, params)
 
 
-def state_dict_from_rules(rules: list[Rule], params) -> dict[str, np.ndarray]:
-  """Params -> the tensors of `rules` under their names and layouts, and pos_embed
-  [1, 1 + T * H * W, C] rejoined from cls_pos and the position table."""
-  flat = {k: np.asarray(v) for k, v in
-          flax.traverse_util.flatten_dict(flax.linen.unbox(params)).items()}
+def state_dict_from_rules(rules: list[Rule], model: FluxViT, params) -> dict[str, np.ndarray]:
+  """`model`'s params -> the tensors of `rules` under their names and layouts, and
+  pos_embed [1, 1 + T * H * W, C] rejoined from cls_pos and the position table."""
+  params = as_layout(flax.linen.unbox(params), False, model.depth)  # the rules' layout
+  flat = {k: np.asarray(v) for k, v in flax.traverse_util.flatten_dict(params).items()}
   pos = flat[('pos_embed',)]
   out = {'pos_embed': np.concatenate([flat[('cls_pos',)][None],
                                       pos.reshape(-1, pos.shape[-1])], axis=0)[None]}

@@ -9,11 +9,13 @@ Data flow of one forward pass:
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from flux_jax.model import attention as attention_lib
@@ -28,6 +30,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # The modules FluxViT makes once per head (clip_projector_j, head_j) or per alignment
 # decoder (final_clip_decoder_for_projs_j); models of other head counts share the rest.
 PER_HEAD_MODULES = ('clip_projector', 'head', 'final_clip_decoder_for_projs')
+# The params of scanned blocks (FluxViT.scan_layers): one subtree, every leaf [depth, ...];
+# the unrolled layout has `blocks_{i}` instead, one subtree per block.
+BLOCKS = 'blocks'
+BLOCK_NAME = re.compile(r'blocks_(\d+)')  # fullmatch: an unrolled block's subtree
 
 # SPEC A.1. `pos_grid` is the stored table (T0, H0, W0); it only matters for loading.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -67,6 +73,46 @@ def normalize_patches(patches: jax.Array) -> jax.Array:
   return (patches.astype(jnp.float32) / 255.0 - mean) / std
 
 
+def scan_blocks(block: nn.Module, x: jax.Array, mask: jax.Array, deterministic: bool,
+                rates: np.ndarray, return_layers: tuple[int, ...]
+                ) -> tuple[jax.Array, list[jax.Array]]:
+  """Runs `block` once per layer under nn.scan, its params stacked on a 'layers' axis.
+
+  The drop path rate and the layer index (fix_init_weight's scale) differ per block: they
+  are scanned inputs. The outputs of `return_layers` go into a carried buffer with one
+  slot per distinct requested layer, not into the scan's stacked outputs: those would
+  hold every layer's `[B, N, D]` (40 of them for the IV2-1B teacher, which returns 6).
+
+  Returns:
+    (the last block's output `[B, N, D]`, the outputs of `return_layers` in that order).
+  """
+  depth = len(rates)
+  wanted = sorted(set(return_layers))
+  slot = np.zeros(depth, np.int32)
+  slot[wanted] = np.arange(len(wanted))
+  per_layer = {'index': jnp.arange(depth, dtype=jnp.int32), 'slot': jnp.asarray(slot),
+               'keep': jnp.asarray(np.isin(np.arange(depth), wanted))}
+  if rates.any():  # else every rate is 0: the block's field, no dropout rng drawn
+    per_layer['rate'] = jnp.asarray(rates, jnp.float32)
+
+  def body(blk, carry, key_mask, layer):
+    x, kept = carry
+    x = blk(x, key_mask, deterministic, layer.get('rate'), layer['index'])  # [B, N, D]
+    if kept is not None:
+      s = layer['slot']
+      kept = jax.lax.dynamic_update_index_in_dim(
+          kept, jnp.where(layer['keep'], x, kept[s]), s, 0)  # [R, B, N, D]
+      kept = layers.constrain(kept, (None,) + layers.TOKENS)
+    return (x, kept), None
+
+  kept = jnp.zeros((len(wanted),) + x.shape, x.dtype) if wanted else None
+  scan = nn.scan(body, variable_axes={'params': 0},
+                 split_rngs={'params': True, 'dropout': True}, in_axes=(nn.broadcast, 0),
+                 length=depth, metadata_params={nn.PARTITION_NAME: layers.LAYERS})
+  (x, kept), _ = scan(block, (x, kept), mask, per_layer)
+  return x, [kept[wanted.index(i)] for i in return_layers]
+
+
 class FluxViT(nn.Module):
   """FluxViT classifier with one attention-pooling head per training budget.
 
@@ -99,6 +145,12 @@ class FluxViT(nn.Module):
       same function.
     dual_norm_in_patch_embed, use_gpe_proj, use_lpe: the official FluxViT flags (SPEC
       A.1); all False is the InternVideo2 ViT (SPEC D.2).
+    scan_layers: run the blocks as one `nn.scan` over a block whose params carry a leading
+      'layers' axis (params['blocks'], every leaf [depth, ...]) instead of a Python loop
+      over `blocks_{i}`: XLA compiles one block instead of depth of them, forward, remat
+      and backward. Same numbers; `stack_blocks` / `unstack_blocks` convert the params.
+      False by default, the layout of converted official checkpoints and of params saved
+      before the field existed; the training configs turn it on (configs/common.py).
   """
   num_classes: int
   embed_dim: int = 384
@@ -123,6 +175,7 @@ class FluxViT(nn.Module):
   dual_norm_in_patch_embed: bool = True
   use_gpe_proj: bool = True
   use_lpe: bool = True
+  scan_layers: bool = False
 
   @property
   def patch_dim(self) -> int:
@@ -197,16 +250,22 @@ class FluxViT(nn.Module):
     mask = jnp.concatenate([jnp.ones((b, 1), bool), kept], axis=1)  # [B, 1 + K]
     x = layers.constrain(x, layers.TOKENS)  # [B, 1 + K, D]
 
-    block = layers.remat_block(layers.Block, self.remat)
-    rates = np.linspace(0.0, self.drop_path_rate, self.depth)
-    returned = {}
-    for i in range(self.depth):
-      x = block(num_heads=self.num_heads, mlp_hidden=int(d * self.mlp_ratio),
-                activation=self.mlp_activation, layer_index=i, drop_path=float(rates[i]),
-                layerscale_init=self.layerscale_init, dtype=self.dtype, use_lpe=self.use_lpe,
-                attention=self.attention, name=f'blocks_{i}')(x, mask, not train)
-      if i in return_layers:
-        returned[i] = x
+    block = layers.remat_block(layers.Block, self.remat, prevent_cse=not self.scan_layers)
+    block_args = dict(num_heads=self.num_heads, mlp_hidden=int(d * self.mlp_ratio),
+                      activation=self.mlp_activation, layerscale_init=self.layerscale_init,
+                      dtype=self.dtype, use_lpe=self.use_lpe, attention=self.attention)
+    rates = np.linspace(0.0, self.drop_path_rate, self.depth)  # stochastic depth per block
+    if self.scan_layers and self.depth:
+      x, returned = scan_blocks(block(**block_args, name=BLOCKS), x, mask, not train, rates,
+                                return_layers)
+    else:
+      outputs = {}
+      for i in range(self.depth):
+        x = block(**block_args, layer_index=i, drop_path=float(rates[i]),
+                  name=f'blocks_{i}')(x, mask, not train)
+        if i in return_layers:
+          outputs[i] = x
+      returned = [outputs[i] for i in return_layers]
     # No final norm: the pooling LayerNorms normalize (SPEC F.2).
 
     # Every head and decoder exists after init; a call runs only the ones it needs.
@@ -226,7 +285,7 @@ class FluxViT(nn.Module):
                                   dtype=jnp.float32, name=f'head_{j}')(fc_norm(pooled[j]))
     aux = {'pooled': pooled[head], 'kept_index': index, 'kept_valid': kept}
     if return_layers:
-      aux['layers'] = jnp.stack([returned[i] for i in return_layers])  # [L, B, 1 + K, D]
+      aux['layers'] = jnp.stack(returned)  # [L, B, 1 + K, D]
     if return_attention:
       aux['attention'] = attention
     decoders = range(self.num_decoders) if initializing else (
@@ -271,6 +330,8 @@ def make_model(config: Mapping[str, Any]) -> FluxViT:
     raise ValueError(f'mlp_activation {model.mlp_activation!r} is not gelu_tanh or gelu')
   if model.selector not in SELECTORS:
     raise ValueError(f'selector {model.selector!r} is not one of {SELECTORS}')
+  if not isinstance(model.scan_layers, bool):
+    raise ValueError(f'model.scan_layers={model.scan_layers!r} must be True or False')
   if model.attention not in attention_lib.IMPLEMENTATIONS:
     raise ValueError(f'model.attention={model.attention!r} is not one of '
                      f'{attention_lib.IMPLEMENTATIONS}')
@@ -319,6 +380,76 @@ def model_config(model: FluxViT) -> dict[str, Any]:
       value = list(value)
     out[f.name] = value
   return out
+
+
+def _stack(leaves: tuple) -> Any:
+  """One leaf of every block, stacked on a new leading axis: numpy stays numpy (the
+  converters' exact host copies), jax arrays stack on device, and ShapeDtypeStructs gain
+  the axis, unsharded, in their NamedSharding (what a restore into shardings needs)."""
+  first = leaves[0]
+  if isinstance(first, jax.ShapeDtypeStruct):
+    sharding = first.sharding
+    if isinstance(sharding, jax.sharding.NamedSharding):
+      sharding = jax.sharding.NamedSharding(sharding.mesh, P(None, *sharding.spec))
+    return jax.ShapeDtypeStruct((len(leaves),) + tuple(first.shape), first.dtype,
+                                sharding=sharding)
+  if all(isinstance(v, np.ndarray) for v in leaves):
+    return np.stack(leaves)
+  return jnp.stack(leaves)
+
+
+def _unstack(leaf: Any, i: int) -> Any:
+  """Block i of a stacked leaf (the reverse of `_stack`)."""
+  if isinstance(leaf, jax.ShapeDtypeStruct):
+    sharding = leaf.sharding
+    if isinstance(sharding, jax.sharding.NamedSharding):
+      sharding = jax.sharding.NamedSharding(sharding.mesh, P(*tuple(sharding.spec)[1:]))
+    return jax.ShapeDtypeStruct(tuple(leaf.shape[1:]), leaf.dtype, sharding=sharding)
+  return leaf[i]
+
+
+def stack_blocks(params: Mapping[str, Any], depth: int) -> dict:
+  """Unrolled params -> the scanned layout: `blocks_0` .. `blocks_{depth-1}` become one
+  `blocks` subtree whose leaves are `[depth, ...]`; every other entry passes unchanged.
+
+  `params` are a FluxViT's (or those of a module that shares its scope: DistillStudent,
+  Teacher), unboxed; leaves may be numpy or jax arrays or ShapeDtypeStructs.
+  """
+  names = [f'blocks_{i}' for i in range(depth)]
+  missing = [n for n in names if n not in params]
+  beyond = sorted(k for k in params if BLOCK_NAME.fullmatch(k) and k not in names)
+  if BLOCKS in params or missing or beyond:
+    raise ValueError(f'stack_blocks(depth={depth}) needs unrolled params blocks_0 .. '
+                     f'blocks_{depth - 1}: missing {missing}, beyond the depth {beyond}, '
+                     f'already stacked {BLOCKS!r}: {BLOCKS in params}')
+  out = {k: v for k, v in params.items() if not BLOCK_NAME.fullmatch(k)}
+  out[BLOCKS] = jax.tree.map(lambda *leaves: _stack(leaves), *(params[n] for n in names))
+  return out
+
+
+def unstack_blocks(params: Mapping[str, Any]) -> dict:
+  """Scanned params -> the unrolled layout: `blocks` `[depth, ...]` becomes `blocks_{i}`
+  (the reverse of `stack_blocks`; the depth is the leaves' leading dimension)."""
+  if BLOCKS not in params:
+    raise ValueError(f'unstack_blocks needs scanned params with a {BLOCKS!r} entry; these '
+                     f'have {sorted(params)[:8]}')
+  depths = {leaf.shape[0] for leaf in jax.tree.leaves(params[BLOCKS])}
+  if len(depths) != 1:
+    raise ValueError(f'unstack_blocks: the leaves of {BLOCKS!r} stack different numbers of '
+                     f'blocks {sorted(depths)}')
+  depth = depths.pop()
+  out = {k: v for k, v in params.items() if k != BLOCKS}
+  for i in range(depth):
+    out[f'blocks_{i}'] = jax.tree.map(lambda leaf, i=i: _unstack(leaf, i), params[BLOCKS])
+  return out
+
+
+def as_layout(params: Mapping[str, Any], scan_layers: bool, depth: int) -> dict:
+  """`params` in the scanned layout if `scan_layers`, else the unrolled one, whichever
+  layout they come in (`stack_blocks` / `unstack_blocks`)."""
+  if depth == 0 or (BLOCKS in params) == scan_layers:
+    return dict(params)
+  return stack_blocks(params, depth) if scan_layers else unstack_blocks(params)
 
 
 def patch_embeddings(model: FluxViT, params: dict, tokens: TokenBatch) -> jax.Array:

@@ -30,6 +30,7 @@ CLIP = 'clip_embed'  # projector output width
 CLASSES = 'classes'
 DECODER = 'decoder'  # width inside and out of the distillation decoders (teacher width)
 POS_T, POS_H, POS_W = 'pos_t', 'pos_h', 'pos_w'
+LAYERS = 'layers'  # the leading axis of scanned blocks' params (model.scan_layers)
 
 # Logical axis names of the activations that cross layers (`constrain`).
 ACT_BATCH = attention_lib.ACTIVATION_BATCH
@@ -171,12 +172,16 @@ class LayerScale(nn.Module):
 
 
 class DropPath(nn.Module):
-  """Per-sample stochastic depth (timm DropPath)."""
-  rate: float
+  """Per-sample stochastic depth (timm DropPath).
+
+  `rate` is a float, or under scanned blocks this layer's rate as a traced scalar: a rate
+  of 0 then keeps every sample (bernoulli(1) is always True) and x / 1 is x.
+  """
+  rate: float | jax.Array
 
   @nn.compact
   def __call__(self, x, deterministic: bool):
-    if deterministic or self.rate == 0.0:
+    if deterministic or (isinstance(self.rate, (int, float)) and self.rate == 0.0):
       return x
     keep = 1.0 - self.rate
     mask = jax.random.bernoulli(self.make_rng('dropout'), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
@@ -217,9 +222,10 @@ class Attention(nn.Module):
 
   `use_lpe=False` drops the LPE (InternVideo2 blocks, SPEC D.2). `attention` is the
   implementation (flux_jax.model.attention): all compute the same function.
+  `layer_index` only scales the init of `proj` (a traced scalar under scanned blocks).
   """
   num_heads: int
-  layer_index: int = 0
+  layer_index: int | jax.Array = 0
   dtype: Dtype = jnp.float32
   use_lpe: bool = True
   attention: str = 'xla'
@@ -246,7 +252,7 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
   hidden: int
   activation: str = 'gelu_tanh'
-  layer_index: int = 0
+  layer_index: int | jax.Array = 0  # scales the init of fc2, as in Attention
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -259,7 +265,12 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm block: attention and MLP, each with LayerScale and drop path (SPEC B.5)."""
+  """Pre-norm block: attention and MLP, each with LayerScale and drop path (SPEC B.5).
+
+  Under `nn.scan` (model.scan_layers) one Block serves every layer, so what differs per
+  layer, the drop path rate and the layer index of fix_init_weight, comes as call
+  arguments (scanned inputs) that replace the fields; None keeps the fields.
+  """
   num_heads: int
   mlp_hidden: int
   activation: str = 'gelu_tanh'
@@ -271,17 +282,20 @@ class Block(nn.Module):
   attention: str = 'xla'
 
   @nn.compact
-  def __call__(self, x, mask, deterministic: bool = True):
+  def __call__(self, x, mask, deterministic: bool = True, drop_path: jax.Array | None = None,
+               layer_index: jax.Array | None = None):
+    rate = self.drop_path if drop_path is None else drop_path
+    index = self.layer_index if layer_index is None else layer_index
     y = rms_norm((EMBED,), dtype=self.dtype, name='norm1')(x)
-    y = Attention(num_heads=self.num_heads, layer_index=self.layer_index, dtype=self.dtype,
+    y = Attention(num_heads=self.num_heads, layer_index=index, dtype=self.dtype,
                   use_lpe=self.use_lpe, attention=self.attention, name='attn')(y, mask)
     y = LayerScale(self.layerscale_init, name='ls1')(y)
-    x = x + DropPath(self.drop_path)(y, deterministic)
+    x = x + DropPath(rate)(y, deterministic)
     y = rms_norm((EMBED,), dtype=self.dtype, name='norm2')(x)
-    y = Mlp(hidden=self.mlp_hidden, activation=self.activation, layer_index=self.layer_index,
+    y = Mlp(hidden=self.mlp_hidden, activation=self.activation, layer_index=index,
             dtype=self.dtype, name='mlp')(y)
     y = LayerScale(self.layerscale_init, name='ls2')(y)
-    return constrain(x + DropPath(self.drop_path)(y, deterministic), TOKENS)  # [B, N, D]
+    return constrain(x + DropPath(rate)(y, deterministic), TOKENS)  # [B, N, D]
 
 
 # model.remat: which activations of a block the backward pass keeps; the rest it recomputes.
@@ -304,13 +318,20 @@ def remat_policy_name(remat: bool | str) -> str:
   return remat
 
 
-def remat_block(block: type[nn.Module], remat: bool | str) -> type[nn.Module]:
-  """`block` rematerialized by the policy `remat` (big_vision/MaxText style names)."""
+def remat_block(block: type[nn.Module], remat: bool | str,
+                prevent_cse: bool = True) -> type[nn.Module]:
+  """`block` rematerialized by the policy `remat` (big_vision/MaxText style names).
+
+  Under nn.scan pass `prevent_cse=False` (MaxText's pattern; jax.checkpoint's docs): the
+  scan already keeps XLA from merging the recomputation with the forward pass, and the
+  barriers that prevent_cse adds would only cost.
+  """
   name = remat_policy_name(remat)
   if name == 'none':
     return block
   # static_argnums counts the module: (self, x, mask, deterministic) -> `deterministic`.
-  return nn.remat(block, static_argnums=(3,), policy=REMAT_POLICIES[name])
+  return nn.remat(block, static_argnums=(3,), policy=REMAT_POLICIES[name],
+                  prevent_cse=prevent_cse)
 
 
 class AttentionPooling(nn.Module):

@@ -246,11 +246,12 @@ def make_distill_step(student: DistillStudent, teacher: Teacher,
 # ------------------------------------------------------------- From the config --
 
 
-def teacher_model(cfg: Mapping[str, Any]) -> FluxViT:
+def teacher_model(cfg: Mapping[str, Any], scan_layers: bool | None = None) -> FluxViT:
   """The teacher FluxViT: `distill.teacher`'s saved model, or `distill.teacher_model`
   when `distill.teacher` is empty (random params: smoke runs and memory checks only).
   `distill.teacher_dtype` overrides the compute dtype (e.g. bfloat16 for a float32
-  checkpoint)."""
+  checkpoint); `scan_layers` (None: as saved or configured) the block layout, which
+  changes the compiled program, never the targets (`setup` gives the student's)."""
   if cfg['teacher']:
     model = checkpoint.load_model(cfg['teacher'])
   else:
@@ -259,6 +260,8 @@ def teacher_model(cfg: Mapping[str, Any]) -> FluxViT:
                     cfg['teacher_model'].get('variant', 'small'))
   if cfg['teacher_dtype']:
     model = model.clone(dtype=jnp.dtype(cfg['teacher_dtype']))
+  if scan_layers is not None:
+    model = model.clone(scan_layers=scan_layers)
   return model
 
 
@@ -304,20 +307,24 @@ def place_teacher(cfg: Mapping[str, Any], model: FluxViT, mesh, seed: int
                   ) -> tuple[dict, Any]:
   """Teacher params on the mesh under `distill.teacher_rules` (empty: the student's
   DEFAULT_RULES) and their shardings: `distill.teacher` restored straight into them (a
-  host reads only its shards), or a random init from `seed` when it is empty."""
+  host reads only its shards; saved in the other block layout, converted to `model`'s),
+  or a random init from `seed` when it is empty."""
   shardings = teacher_shardings(cfg, model, mesh)
   if not cfg['teacher']:
     return sharding.shard_init(lambda r: init_params(model, r), shardings,
                                jax.random.key(seed)), shardings
-  return checkpoint.load_params(cfg['teacher'], shardings)[1], shardings
+  return checkpoint.load_params(cfg['teacher'], shardings,
+                                scan_layers=model.scan_layers)[1], shardings
 
 
 def record_teacher(workdir: str, cfg: Mapping[str, Any], model: FluxViT) -> None:
   """Writes WORKDIR/teacher.json on a run's first start; on resume, refuses a teacher
-  that differs from the recorded one (path and model config)."""
+  that differs from the recorded one (path and model config; the block layout is not
+  recorded: it follows the student's and gives the same targets)."""
   path = os.path.join(workdir, TEACHER_RECORD)
+  config = {k: v for k, v in model_config(model).items() if k != 'scan_layers'}
   record = {'teacher': os.path.abspath(cfg['teacher']) if cfg['teacher'] else '',
-            'model': model_config(model)}
+            'model': config}
   if os.path.exists(path):
     with open(path) as f:
       seen = json.load(f)
@@ -345,10 +352,12 @@ def setup(config, model: FluxViT, mesh, workdir: str | None) -> Distillation:
   the one WORKDIR/teacher.json recorded (resume uses the same teacher).
 
   With `workdir=None` (AOT compilation, `bench aot`) nothing is written and no teacher
-  params are read: they are ShapeDtypeStructs carrying their shardings.
+  params are read: they are ShapeDtypeStructs carrying their shardings. The teacher's
+  blocks are scanned when the student's are (`model.scan_layers`), whatever layout its
+  checkpoint was saved in: one switch for the step's compile time.
   """
   cfg = config.distill
-  frozen = teacher_model(cfg)
+  frozen = teacher_model(cfg, scan_layers=model.scan_layers)
   teacher = make_teacher(cfg, frozen)
   if workdir is None:
     shardings = teacher_shardings(cfg, frozen, mesh)

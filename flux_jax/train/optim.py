@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from flux_jax.model.fluxvit import BLOCK_NAME, BLOCKS
+
 CONFIG_KEYS = frozenset({'lr', 'min_lr', 'warmup_lr', 'warmup_steps', 'total_steps',
                          'weight_decay', 'b1', 'b2', 'eps', 'layer_decay', 'clip_grad',
                          'depth'})
@@ -32,7 +34,6 @@ OPTIONAL_KEYS = {'frozen': (), 'no_decay': ()}
 # apply NaNs after a streak.
 _MAX_CONSECUTIVE_SKIPS = int(np.iinfo(np.int32).max)
 _EMBEDDING = ('cls_token', 'cls_pos', 'pos_embed', 'patch_embed')
-_BLOCK = re.compile(r'blocks_(\d+)$')
 
 
 def scaled_lr(base_lr: float, batch_per_device: int, num_devices: int, num_sample: int,
@@ -77,17 +78,21 @@ def _names(path) -> tuple[str, ...]:
   return tuple(jax.tree_util.keystr(path, simple=True, separator='/').split('/'))
 
 
-def layer_id(path: tuple[str, ...], depth: int) -> int:
+def layer_id(path: tuple[str, ...], depth: int) -> int | np.ndarray:
   """Layer-decay group of a parameter (SPEC C.5, F.9).
 
   0 for cls_token, cls_pos, pos_embed and patch_embed/*; i + 1 for blocks_{i}/*;
   depth + 1 for everything else. The official name matching puts gpe_proj in the top
-  group, with the projectors, heads, fc_norm and decoders; so do we.
+  group, with the projectors, heads, fc_norm and decoders; so do we. In the scanned
+  layout (model.scan_layers) `blocks/*` holds every block on a leading axis: its ids are
+  the int array 1 .. depth along that axis.
   """
   top = path[0]
   if top in _EMBEDDING:
     return 0
-  match = _BLOCK.match(top)
+  if top == BLOCKS:
+    return np.arange(1, depth + 1)
+  match = BLOCK_NAME.fullmatch(top)
   if match:
     i = int(match.group(1))
     if i >= depth:
@@ -97,19 +102,35 @@ def layer_id(path: tuple[str, ...], depth: int) -> int:
 
 
 def layer_decay_scales(params, depth: int, decay: float):
-  """Per-parameter lr multipliers decay ** (depth + 1 - layer_id), a tree of floats.
+  """Per-parameter lr multipliers decay ** (depth + 1 - layer_id).
 
-  `params` is the model's param tree itself (top keys blocks_{i}, patch_embed, ...), not
-  a `{'params': ...}` variables dict, which would silently put everything on top.
+  A tree of floats, except for the scanned layout's `blocks/*` leaves `[depth, ...]`:
+  float32 arrays `[depth, 1, ...]` of the same per-block values, broadcast along the
+  stacked axis. `params` is the model's param tree itself (top keys blocks_{i} or
+  blocks, patch_embed, ...), not a `{'params': ...}` variables dict, which would
+  silently put everything on top.
   """
   ids = jax.tree_util.tree_map_with_path(lambda path, _: layer_id(_names(path), depth), params)
-  if not any(0 < i <= depth for i in jax.tree.leaves(ids)):
-    raise ValueError('no blocks_{i} at the top of the param tree: pass the params, not a '
-                     "{'params': ...} variables dict")
-  return jax.tree.map(lambda i: float(decay ** (depth + 1 - i)), ids)
+  if not any(np.ndim(i) or 0 < i <= depth for i in jax.tree.leaves(ids)):
+    raise ValueError('no blocks_{i} or blocks at the top of the param tree: pass the '
+                     "params, not a {'params': ...} variables dict")
+
+  def scale(path, i, leaf):
+    if np.ndim(i) == 0:
+      return float(decay ** (depth + 1 - i))
+    if leaf.shape[:1] != (depth,):
+      raise ValueError(f'parameter {param_path(path)} {tuple(leaf.shape)} does not stack '
+                       f'optimizer depth={depth} blocks on its leading axis')
+    # The unrolled layout's Python floats, each rounded to float32 as `u * s` rounds them.
+    values = [decay ** (depth + 1 - int(k)) for k in i]
+    return np.asarray(values, np.float32).reshape((depth,) + (1,) * (len(leaf.shape) - 1))
+
+  return jax.tree_util.tree_map_with_path(scale, ids, params)
 
 
 def _decays(path: tuple[str, ...], ndim: int) -> bool:
+  if BLOCKS in path[:-1]:
+    ndim -= 1  # a scanned block's leaf: the rule is about one block's tensor
   name, parent = path[-1], (path[-2] if len(path) > 1 else '')
   if name in ('pos_embed', 'cls_token', 'cls_pos') or name.endswith('bias'):
     return False
@@ -136,6 +157,9 @@ def decay_mask(params):
   | blocks_i/attn/{q,k}_norm/scale             | [NH, HD]  | [C]             | no    |
   | other 1-D (norm scales, LayerScale gamma)  | [D]       | [C]             | no    |
   | other kernels (qkv, proj, fc, heads, ...)  | >= 2-D    | >= 2-D          | yes   |
+
+  Scanned blocks (`blocks/*`, one leaf `[depth, ...]` for all blocks) are judged by one
+  block's shape, so both layouts decay the same tensors.
   """
   return jax.tree_util.tree_map_with_path(
       lambda path, x: _decays(_names(path), len(x.shape)), params)
@@ -157,12 +181,29 @@ def _scale_by_layer(depth: int, decay: float) -> optax.GradientTransformation:
 
 
 def param_path(path) -> str:
-  """'blocks_0/attn/qkv/kernel': the path the `frozen` and `no_decay` patterns match."""
+  """'blocks_0/attn/qkv/kernel': the path the `frozen` and `no_decay` patterns match.
+
+  Scanned blocks (model.scan_layers) have one path for all blocks,
+  'blocks/attn/qkv/kernel' (the leaf holds every block): a pattern there moves all
+  blocks or none.
+  """
   return '/'.join(_names(path))
 
 
 def matches(params, patterns) -> Any:
-  """A tree of bools: whether any of the regexes `patterns` finds its parameter's path."""
+  """A tree of bools: whether any of the regexes `patterns` finds its parameter's path.
+
+  Raises:
+    ValueError: a pattern names single blocks (`blocks_`) while the blocks are scanned
+      (it would silently match nothing).
+  """
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  scanned = any(BLOCKS in _names(path)[:-1] for path, _ in leaves)
+  for pattern in patterns:
+    if scanned and 'blocks_' in pattern:
+      raise ValueError(f'optimizer pattern {pattern!r} names single blocks (blocks_{{i}}/...), '
+                       f"but the blocks are scanned: one 'blocks/...' leaf holds them all. "
+                       "Match 'blocks/' (every block), or set model.scan_layers=False")
   compiled = [re.compile(p) for p in patterns]
   return jax.tree_util.tree_map_with_path(
       lambda path, _: any(c.search(param_path(path)) for c in compiled), params)
@@ -187,7 +228,8 @@ def make_optimizer(config: Mapping[str, Any]) -> optax.GradientTransformation:
       optional `frozen` (regexes of parameter paths that never move: their updates are
       zero and the optimizer keeps no state for them, big_vision's `schedule` with
       None) and `no_decay` (regexes of paths without weight decay, beside the official
-      rule of `decay_mask`).
+      rule of `decay_mask`); paths as `param_path` writes them, scanned blocks as
+      'blocks/...' (all blocks in one leaf).
 
   Returns:
     A GradientTransformation whose state is optax's ApplyIfFiniteState; a skipped step
