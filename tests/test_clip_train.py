@@ -149,3 +149,37 @@ def test_evaluate_command_line_reports_retrieval(run, tmp_path):
   assert {r['kind'] for r in rows} == {'plain', 'candidate', 'to'}
   assert all('zero_shot_top1' in r and 't2v_r1_sim' in r for r in rows)
   assert (tmp_path / 'table9.md').exists() and (tmp_path / 'retrieval.csv').exists()
+
+
+@pytest.mark.slow  # 120 steps and two evaluations, about 2 minutes; make test-slow
+def test_retrieval_rises_well_above_chance(tmp_path):
+  """Learning: 120 Flux-CLIP steps on tiny synthetic_captions lift text-to-video R@1 on
+  the training clips to twice chance (1/24) and their mean rank well below the untrained
+  model's (measured: R@1 8.5%, R@5 56% against chance 4.2% and 21%)."""
+  from flux_jax import clip  # pylint: disable=g-import-not-at-top
+  from flux_jax import sharding  # pylint: disable=g-import-not-at-top
+  from flux_jax.data.sources import open_builder  # pylint: disable=g-import-not-at-top
+  from flux_jax.eval import clip as clip_eval  # pylint: disable=g-import-not-at-top
+  config = _config(str(tmp_path / 'tfds'), steps=120)
+  config.train.global_batch_size = 8
+  config.eval.batch_size = 8
+  config.mesh.update(data=-1, fsdp=1, tensor=1)
+  config.eval.every_steps = -1
+  config.optim.lr = 3e-3
+  train_and_evaluate(config, str(tmp_path / 'run'))
+  model, params = clip.load(str(tmp_path / 'run' / 'params'))
+  train = open_builder(config.data).as_data_source('train')
+  mesh = sharding.make_mesh({'data': -1}, jax.devices()[:1])
+  scores = {}
+  for name, p in (('trained', params), ('init', init_clip_params(model, jax.random.key(1)))):
+    video, readable = clip_eval.embed_videos(model, p, train, budget=64, frames=4,
+                                             resolution=56, batch_size=4,
+                                             sharding=sharding.batch_sharding(mesh))
+    texts, owner = clip_eval.caption_table(train)
+    scores[name] = clip_eval.retrieval_scores(video, readable,
+                                              clip_eval.embed_text(model, p, texts), owner)
+  chance = 100 / len(train)
+  trained, init = scores['trained'], scores['init']
+  assert trained['t2v_r1_dsl'] >= 1.8 * chance, (trained, chance)
+  assert trained['t2v_r5_dsl'] >= 2 * 5 * chance, (trained, chance)
+  assert trained['t2v_meanr_dsl'] < 0.75 * init['t2v_meanr_dsl'], (trained, init)

@@ -112,6 +112,8 @@ def test_every_config_path_in_launchers_readme_and_notebooks_exists_and_builds()
   for path in paths:
     file, _, arg = path.partition(':')
     assert (ROOT / file).is_file(), f'{path}: no such config'
+    if file == 'configs/common.py':  # the configs' shared pieces, named in the docs
+      continue
     module = importlib.import_module(file.removesuffix('.py').replace('/', '.'))
     if hasattr(module, 'get_config'):
       module.get_config(arg or None)

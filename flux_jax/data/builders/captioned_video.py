@@ -198,21 +198,9 @@ class CaptionedVideo(common.LocalBuilder):
   def _generate_examples(self, split: str, annotations: list[Annotation]):
     config = self.builder_config
     jobs = ((i, a, config.short_side) for i, a in enumerate(annotations))
-    kept = 0
-    for i, record, reason in common.ordered_map(_load, jobs, self._num_workers):
-      if record is None:
-        logging.warning('captioned_video %s: skipping %s: %s', split, annotations[i].file,
-                        reason)
-        self._skipped.append({'split': split, 'id': annotations[i].id,
-                              'file': annotations[i].file, 'reason': reason})
-        continue
-      kept += 1
-      yield i, record
-    logging.info('captioned_video %s: %d videos kept, %d skipped', split, kept,
-                 len(annotations) - kept)
-    if not kept:
-      raise ValueError(f'captioned_video {split} ({config.splits[split]}): none of the '
-                       f'{len(annotations)} annotated files could be read')
+    yield from common.readable_records('captioned_video', split, config.splits[split],
+                                       annotations, jobs, _load, self._num_workers,
+                                       self._skipped)
 
   def _download_and_prepare(self, dl_manager, download_config) -> None:
     super()._download_and_prepare(dl_manager, download_config)

@@ -162,3 +162,24 @@ def ordered_map(fn: Callable[[_T], _R], items: Iterable[_T], num_workers: int,
   finally:  # also when the consumer stops early: no queued work runs for nothing
     _POOLS.discard(pool)
     pool.shutdown(wait=True, cancel_futures=True)
+
+
+def readable_records(builder: str, split: str, source: str, items: Sequence, jobs,
+                     load: Callable, num_workers: int, skipped: list):
+  """Yields (i, record) of the items `load` reads (in order, `ordered_map` over `jobs`);
+  the others are logged and listed in `skipped` as {split, id, file, reason} (the
+  manifest's entries). Items have `id` and `file`. A split none of whose items loads is
+  refused, naming `source` (the list or annotation file)."""
+  kept = 0
+  for i, record, reason in ordered_map(load, jobs, num_workers):
+    if record is None:
+      logging.warning('%s %s: skipping %s: %s', builder, split, items[i].file, reason)
+      skipped.append({'split': split, 'id': items[i].id, 'file': items[i].file,
+                      'reason': reason})
+      continue
+    kept += 1
+    yield i, record
+  logging.info('%s %s: %d videos kept, %d skipped', builder, split, kept, len(items) - kept)
+  if not kept:
+    raise ValueError(f'{builder} {split} ({source}): none of the {len(items)} listed files '
+                     'could be read')

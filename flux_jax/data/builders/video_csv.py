@@ -256,20 +256,8 @@ class VideoCsv(common.LocalBuilder):
   def _generate_examples(self, split: str, entries: list[Entry], labels: LabelMap):
     config = self.builder_config
     jobs = ((i, e, labels.id(e.label), config.short_side) for i, e in enumerate(entries))
-    kept = 0
-    for i, record, reason in common.ordered_map(_load, jobs, self._num_workers):
-      if record is None:
-        logging.warning('video_csv %s: skipping %s: %s', split, entries[i].file, reason)
-        self._skipped.append({'split': split, 'id': entries[i].id,
-                              'file': entries[i].file, 'reason': reason})
-        continue
-      kept += 1
-      yield i, record
-    logging.info('video_csv %s: %d videos kept, %d skipped', split, kept,
-                 len(entries) - kept)
-    if not kept:
-      raise ValueError(f'video_csv {split} ({config.splits[split]}): none of the '
-                       f'{len(entries)} listed videos could be read')
+    yield from common.readable_records('video_csv', split, config.splits[split], entries,
+                                       jobs, _load, self._num_workers, self._skipped)
 
   def _download_and_prepare(self, dl_manager, download_config) -> None:
     super()._download_and_prepare(dl_manager, download_config)
