@@ -142,11 +142,9 @@ def dummy_clip_inputs(model: FluxCLIP, batch_size: int = 1):
 
 def init_clip_params(model: FluxCLIP, rng: jax.Array) -> dict:
   """Float32 parameters (logical-axis boxes removed)."""
-  variables = jax.jit(lambda r: model.init({'params': r}, *dummy_clip_inputs(model)))(rng)
-  return nn.unbox(variables['params'])
+  return layers.init_module_params(model, rng, *dummy_clip_inputs(model))
 
 
 def abstract_clip_params(model: FluxCLIP) -> dict:
   """ShapeDtypeStructs of the params, computed without allocating them."""
-  return nn.unbox(jax.eval_shape(lambda: model.init({'params': jax.random.key(0)},
-                                                    *dummy_clip_inputs(model)))['params'])
+  return layers.abstract_module_params(model, *dummy_clip_inputs(model))

@@ -349,22 +349,17 @@ def dummy_tokens(model: FluxViT, batch_size: int = 1, grid: tuple[int, int, int]
 
 def init_params(model: FluxViT, rng: jax.Array) -> dict:
   """Float32 parameters (logical-axis boxes removed)."""
-  variables = jax.jit(lambda r: model.init({'params': r}, dummy_tokens(model)))(rng)
-  return nn.unbox(variables['params'])
-
-
-def _abstract_variables(model: FluxViT) -> dict:
-  return jax.eval_shape(lambda: model.init({'params': jax.random.key(0)}, dummy_tokens(model)))
+  return layers.init_module_params(model, rng, dummy_tokens(model))
 
 
 def abstract_params(model: FluxViT) -> dict:
   """ShapeDtypeStructs of the model's params, computed without allocating them."""
-  return nn.unbox(_abstract_variables(model)['params'])
+  return layers.abstract_module_params(model, dummy_tokens(model))
 
 
 def param_specs(model: FluxViT) -> dict:
   """Logical axis names of every parameter, as a pytree of PartitionSpecs."""
-  return nn.get_partition_spec(_abstract_variables(model))['params']
+  return layers.module_param_specs(model, dummy_tokens(model))
 
 
 def model_config(model: FluxViT) -> dict[str, Any]:

@@ -441,3 +441,25 @@ def l2_normalize(x, eps: float = 1e-12):
   """torch.nn.functional.normalize: x / max(||x||, eps)."""
   x = x.astype(jnp.float32)
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+# Parameters of any module of the model, from example inputs: FluxViT, the text tower and
+# FluxViT-CLIP each call these with their own dummy inputs.
+def init_module_params(module: nn.Module, rng: jax.Array, *inputs) -> dict:
+  """Float32 parameters (logical-axis boxes removed)."""
+  variables = jax.jit(lambda r: module.init({'params': r}, *inputs))(rng)
+  return nn.unbox(variables['params'])
+
+
+def _abstract_variables(module: nn.Module, *inputs) -> dict:
+  return jax.eval_shape(lambda: module.init({'params': jax.random.key(0)}, *inputs))
+
+
+def abstract_module_params(module: nn.Module, *inputs) -> dict:
+  """ShapeDtypeStructs of the module's params, computed without allocating them."""
+  return nn.unbox(_abstract_variables(module, *inputs)['params'])
+
+
+def module_param_specs(module: nn.Module, *inputs) -> dict:
+  """Logical axis names of every parameter, as a pytree of PartitionSpecs."""
+  return nn.get_partition_spec(_abstract_variables(module, *inputs))['params']

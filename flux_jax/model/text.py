@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 
 # Imported by name: `layers` is also the depth field of TextTransformer, as in open_clip.
-from flux_jax.model.layers import (CLIP, EMBED, HEADS, KV, QKV, Mlp, dense, layer_norm,
-                                   param_with_axes)
+from flux_jax.model.layers import (CLIP, EMBED, HEADS, KV, QKV, Mlp, abstract_module_params,
+                                   dense, init_module_params, layer_norm,
+                                   module_param_specs, param_with_axes)
 
 Dtype = Any
 
@@ -159,19 +160,14 @@ def dummy_ids(model: TextTransformer, batch_size: int = 1) -> jax.Array:
 
 def init_text_params(model: TextTransformer, rng: jax.Array) -> dict:
   """Float32 parameters (logical-axis boxes removed)."""
-  variables = jax.jit(lambda r: model.init({'params': r}, dummy_ids(model)))(rng)
-  return nn.unbox(variables['params'])
-
-
-def _abstract_variables(model: TextTransformer) -> dict:
-  return jax.eval_shape(lambda: model.init({'params': jax.random.key(0)}, dummy_ids(model)))
+  return init_module_params(model, rng, dummy_ids(model))
 
 
 def abstract_text_params(model: TextTransformer) -> dict:
   """ShapeDtypeStructs of the model's params, computed without allocating them."""
-  return nn.unbox(_abstract_variables(model)['params'])
+  return abstract_module_params(model, dummy_ids(model))
 
 
 def text_param_specs(model: TextTransformer) -> dict:
   """Logical axis names of every parameter, as a pytree of PartitionSpecs."""
-  return nn.get_partition_spec(_abstract_variables(model))['params']
+  return module_param_specs(model, dummy_ids(model))
