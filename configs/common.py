@@ -31,10 +31,11 @@ def model(variant: str = 'small', num_classes: int = 400, **overrides) -> Config
 
 
 def data(name: str, config: str, data_dir: str = '~/tensorflow_datasets', **kw) -> ConfigDict:
-  """The `config.data` block (flux_jax.data.sources.open_dataset, train_dataset)."""
+  """The `config.data` block (flux_jax.data.sources.open_dataset, train_dataset; workers,
+  threads and prefetch: flux_jax.data.pipeline.host_batches)."""
   block = dict(name=name, config=config, data_dir=data_dir, train_split='train',
-               eval_split='validation', workers=0, num_sample=1, flip=True,
-               scale=(0.08, 1.0), ratio=(0.75, 1.3333))
+               eval_split='validation', workers=0, threads=0, prefetch=2, num_sample=1,
+               flip=True, scale=(0.08, 1.0), ratio=(0.75, 1.3333))
   block.update(kw)
   return ConfigDict(block)
 

@@ -17,7 +17,6 @@ from typing import Any, Callable, Mapping
 
 from absl import logging
 import flax.linen as nn
-import grain
 import jax
 import ml_collections
 import tensorboardX
@@ -148,7 +147,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      ('eval.num_clips', e.num_clips), ('eval.num_crops', e.num_crops),
                      ('eval.batch_size', e.batch_size)):
     _positive_int(key, value)
-  _positive_int('data.workers', d.workers, minimum=0)
+  for key in ('workers', 'threads', 'prefetch'):
+    _positive_int(f'data.{key}', d.get(key, 0), minimum=0)
   if isinstance(e.every_steps, bool) or not isinstance(e.every_steps, int):
     raise ValueError(f'eval.every_steps={e.every_steps!r} must be an integer (N > 0: every N '
                      'steps, 0: at the end, < 0: never)')
@@ -306,10 +306,10 @@ def _run(config, workdir: str, stop_at: int | None, progress: Callable[[str], An
       n_max=config.n_max, num_sample=d.num_sample, flip=d.flip, scale=tuple(d.scale),
       ratio=tuple(d.ratio), seed=config.seed, process_index=block, process_count=blocks,
       start_step=start, captioner=pipeline.Captioner(d.caption_length, d.clean_captions)
-      if clip else None).to_iter_dataset()
-  if d.workers:
-    train_ds = train_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.workers))
-  train_iter = iter(train_ds)
+      if clip else None)
+  train_iter = iter(pipeline.host_batches(train_ds, workers=d.workers,
+                                          threads=d.get('threads', 0),
+                                          prefetch=d.get('prefetch', 2)))
   resources.callback(train_iter.close)  # grain's workers and their shared memory
 
   # --------------------------------------------------------- Compile, memory -----
@@ -354,6 +354,7 @@ def _run(config, workdir: str, stop_at: int | None, progress: Callable[[str], An
   result: dict[str, Any] = {}
   t0, seen_tokens = time.perf_counter(), 0
   last_line = t0
+  waited = 0.0  # seconds in next(train_iter) since the last metrics line
   end = total if stop_at is None else min(stop_at, total)
   # A bar on a terminal only (disable=None); cluster logs get the log lines below.
   bar = resources.enter_context(tqdm.tqdm(
@@ -361,7 +362,9 @@ def _run(config, workdir: str, stop_at: int | None, progress: Callable[[str], An
       disable=None if jax.process_index() == 0 else True))
   for step in range(start, end):
     if host is None:
+      w0 = time.perf_counter()
       host = next(train_iter)
+      waited += time.perf_counter() - w0
     for k, v in batch_stats(host).items():
       stats[k] = stats.get(k, 0) + v
     seen_tokens += int(host['valid'].sum())
@@ -376,10 +379,15 @@ def _run(config, workdir: str, stop_at: int | None, progress: Callable[[str], An
       _check_finite(state, done, limit, ckpt)  # `limit` steps of its streak reaching it
     if due or time.perf_counter() - last_line >= PROGRESS_SECONDS:
       metrics = {k: float(to_host(v)) for k, v in metrics.items()}
-      last_line = time.perf_counter()
+      now = time.perf_counter()
+      # The share of this interval the loop waited for its next host batch: an
+      # input-bound run shows it (more data.workers, or see docs/data.md).
+      input_wait = waited / max(now - last_line, 1e-9)
+      last_line, waited = now, 0.0
       dt = last_line - t0
       rate = (done - start) / dt
       metrics.update(steps_per_s=rate, tokens_per_s=seen_tokens / dt,
+                     input_wait_share=input_wait,
                      replaced_videos=stats.get('replaced', 0), compiles=counter.count,
                      skipped_updates=optim.skipped_updates(state.opt_state))
       if due:  # metrics.jsonl keeps its log_every cadence
@@ -387,6 +395,7 @@ def _run(config, workdir: str, stop_at: int | None, progress: Callable[[str], An
       bar.set_postfix(loss=f"{metrics['loss']:.4f}", tokens_per_s=f'{seen_tokens / dt:.0f}')
       if jax.process_index() == 0:
         progress(f'step {done}/{total} loss {metrics["loss"]:.4f}  {rate:.2f} steps/s  '
+                 f'input wait {100 * input_wait:.0f}%  '
                  f'ETA {_duration((total - done) / max(rate, 1e-9))}')
     if e.every_steps > 0 and (done % e.every_steps == 0 or done == total):
       result = run_eval()

@@ -174,28 +174,25 @@ def test_evaluation_counts_the_videos_it_could_not_read(tiny_model):
 
 
 def test_bench_pipeline_closes_its_workers_on_every_exit_path(monkeypatch):
-  """Before: its iterators were left to the garbage collector; a forward that failed (out
-  of memory, ^C) kept the workers running as long as its error lived."""
+  """Before: its iterators were left to the garbage collector; a measurement that failed
+  (^C, an error) kept the workers running as long as its error lived."""
   flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
   before = resources()
-  rows = bench_pipeline.run(batch=2, steps=1, videos=4, variant='tiny')
-  assert [r['name'] for r in rows][1:] == [f'pipeline, {w} workers' for w in (0, 1, 2)]
+  setup, rows = bench_pipeline.run('synthetic_motion', batch=2, workers=(0, 2),
+                                   seconds=0.1, videos=4)
+  assert [r['name'] for r in rows][1:] == ['pipeline, 0 workers', 'pipeline, 2 workers']
   assert_no_growth(before)
-  calls, to_global = iter(range(100)), bench_pipeline.to_global
 
-  def fails_on_the_second(batch, sharding):
-    if next(calls) == 1:
-      raise RuntimeError('injected')
-    return to_global(batch, sharding)
+  def fails(process):
+    raise RuntimeError('injected')
 
-  monkeypatch.setattr(bench_pipeline, 'to_global', fails_on_the_second)
-  sampler = bench_pipeline.PlanSampler.from_config(bench_pipeline.SAMPLER)
+  monkeypatch.setattr(bench_pipeline, '_children_cpu', fails)  # inside the measurement
   try:
-    bench_pipeline.stall_share(bench_pipeline.make_source(4), sampler, 2, 2, 2, 'tiny')
+    bench_pipeline.pipeline_rate(setup, 2, workers=2, seconds=0.1)
   except RuntimeError:
     children = resources()[1]  # while the error (and its frames) lives
   else:
-    pytest.fail('the forward did not fail')
+    pytest.fail('the measurement did not fail')
   assert children - before[1] == set()
   assert_no_growth(before)
 

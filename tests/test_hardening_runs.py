@@ -129,6 +129,7 @@ def test_metrics_continue_from_the_restored_step(killed_and_resumed):
   assert first == [1, 2, 3]
   rows = _rows(run['workdir'])
   assert [r['step'] for r in rows] == [1, 2, 3, 4]  # step 3 once: the resumed run's
+  assert all(0 <= r['input_wait_share'] <= 1 for r in rows)  # the loop's input stalls
   assert rows[2]['loss'] == run['killed'][1][2]['loss']  # the same batch, the same loss
   from tensorboard.backend.event_processing import event_accumulator
   events = event_accumulator.EventAccumulator(os.path.join(run['workdir'], 'tb'))

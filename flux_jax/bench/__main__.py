@@ -6,7 +6,9 @@
   distill:  Flux-UMT step ms and memory with the teacher, without it (targets given) and the
             teacher alone (--config configs/umt_synthetic.py --batch --repeats --frames
             --resolution)
-  pipeline: grain Flux pipeline clips/s against raw PyAV, stall share (--batch --steps)
+  pipeline: steady-state videos/s and clips/s of the grain pipeline with 0, 1, 2 workers
+            against raw PyAV decoding, CPU ms per clip by stage (--source --batch
+            --seconds --workers --threads --videos)
   aot:      a config's train step compiled for a TPU topology on this host: bytes per chip,
             fits HBM, FLOPs, collectives (--config --topology --batch_per_chip --json)
 """
@@ -24,7 +26,8 @@ def _define_flags() -> None:
   """The command line's flags, defined when run as a program: importing the module
   adds no global flag."""
   flags.DEFINE_string('variant', 'small', 'FluxViT variant.')
-  flags.DEFINE_integer('batch', 2, 'Videos (forward) or clips (pipeline) per batch.')
+  flags.DEFINE_integer('batch', 2, 'Videos (forward) or clips (pipeline, default 16) per '
+                       'batch.')
   flags.DEFINE_integer('repeats', 3, 'forward, step: timed runs per point (median reported).')
   flags.DEFINE_string('dtype', 'float32', 'forward, step: compute dtype.')
   flags.DEFINE_multi_string('budgets', None, 'step: one budget set per flag, largest first, '
@@ -38,7 +41,14 @@ def _define_flags() -> None:
                                   'config.', lock_config=True)
   flags.DEFINE_integer('frames', None, 'distill: clip frames (default: the config\'s eval grid).')
   flags.DEFINE_integer('resolution', None, 'distill: clip resolution (default: the eval grid).')
-  flags.DEFINE_integer('steps', 12, 'pipeline: batches timed per setting.')
+  flags.DEFINE_string('source', 'kinetics_like', 'pipeline: synthetic_motion, kinetics_like, '
+                      "kinetics_like_short_gop, or a glob of your video files ('clips/*.mp4').")
+  flags.DEFINE_float('seconds', 20.0, 'pipeline: seconds timed per row, after the warm-up.')
+  flags.DEFINE_list('workers', ['0', '1', '2'], 'pipeline: grain worker counts, one row each.')
+  flags.DEFINE_integer('threads', 0, 'pipeline: background threads per process '
+                       '(data.threads).')
+  flags.DEFINE_integer('videos', None, 'pipeline: videos in the source (default: 24 '
+                       'synthetic_motion, 8 Kinetics-like, every file of a glob).')
   flags.DEFINE_string('topology', None, "aot: TPU topology, e.g. 'v5e:2x4' (v5e-8), 'v5p:2x2x1'.")
   flags.DEFINE_integer('batch_per_chip', None, 'aot: clips per chip (default: the config\'s '
                        'global batch over the chips).')
@@ -91,12 +101,23 @@ def main(argv):
              f'{teacher}, random weights, {where}')
     print(distill.format_table(rows, title))
   else:
-    from flux_jax.bench import pipeline  # pylint: disable=g-import-not-at-top
-    title = (f'Flux pipeline on synthetic_motion clips, batch {FLAGS.batch}, '
-             f'{FLAGS.steps} steps, FluxViT-{FLAGS.variant[0].upper()} forward at 512 '
-             f'tokens, {where}')
-    print(pipeline.format_table(pipeline.run(FLAGS.batch, FLAGS.steps, variant=FLAGS.variant),
-                                title))
+    _pipeline()
+
+
+def _pipeline():
+  import os  # pylint: disable=g-import-not-at-top
+  from flux_jax.bench import pipeline  # pylint: disable=g-import-not-at-top
+  batch = FLAGS.batch if FLAGS['batch'].present else 16
+  try:
+    workers = [int(w) for w in FLAGS.workers]
+    s, rows = pipeline.run(FLAGS.source, batch, workers, FLAGS.seconds, FLAGS.threads,
+                           FLAGS.videos)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  title = (f'Flux pipeline, {s.describe()}; {batch} clips per batch, threads '
+           f'{FLAGS.threads}, {FLAGS.seconds:g} s per row after warm-up, '
+           f'{os.cpu_count()} CPU cores')
+  print(pipeline.format_table(rows, title))
 
 
 def _aot():

@@ -18,6 +18,7 @@ would.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Sequence
 
 from absl import logging
@@ -28,12 +29,30 @@ from flux_jax.data import decode
 from flux_jax.data import tokenizer
 from flux_jax.data import transforms
 from flux_jax.tokens.plan import PlanSampler
-from flux_jax.tokens.token_batch import TokenBatch, patchify
+from flux_jax.tokens.token_batch import TokenBatch, pack
 
 # Keys of a host batch: the TokenBatch fields plus pipeline counters.
 TOKEN_FIELDS = tuple(f.name for f in dataclasses.fields(TokenBatch))
 STAT_FIELDS = ('replaced',)
 MAX_REPLACEMENTS = 16
+# With `TrainClip.profile`, CPU seconds per stage ride along in fields 'cpu_<stage>'.
+STAGES = ('decode', 'crop_resize_flip', 'caption', 'patchify')
+
+
+class _StageClock:
+  """CPU seconds of the calling thread spent in each stage; free when off."""
+
+  def __init__(self, on: bool):
+    self.on = on
+    self.seconds = dict.fromkeys(STAGES, 0.0)
+    self._last = time.thread_time() if on else 0.0
+
+  def lap(self, stage: str) -> None:
+    """Charges the time since the previous lap to `stage`."""
+    if self.on:
+      now = time.thread_time()
+      self.seconds[stage] += now - self._last
+      self._last = now
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,24 +106,49 @@ def tokenize_captions(texts: Sequence[str], context_length: int = 77,
   return tokenizer.tokenize(list(texts), context_length)
 
 
-def _element(clips: Sequence[np.ndarray], *, patch_size: int, tubelet_size: int,
-             n_max: int, label: int, video_index: int, views: np.ndarray,
-             replaced: int, text: np.ndarray | None = None) -> dict[str, np.ndarray]:
-  """One pipeline element: the clips of one video as stacked, padded token rows (and
-  with `text`, a caption's ids per clip)."""
-  tokens = [patchify(c, patch_size=patch_size, tubelet_size=tubelet_size, n_max=n_max)
-            for c in clips]
+def _element(clips: np.ndarray, *, label: int, video_index: int, views: np.ndarray,
+             replaced: int, text: Sequence[np.ndarray] | None = None
+             ) -> dict[str, np.ndarray]:
+  """One pipeline element: the clips of one video, uint8 `[S, T, R, R, 3]`, with their
+  labels (and with `text`, a caption's ids per clip); `Batcher` makes them tokens."""
   s = len(clips)
-  out = {k: np.concatenate([getattr(t, k) for t in tokens])  # [S, ...]
-         for k in ('patches', 'coords', 'grid', 'valid')}
-  out.update(label=np.full((s,), label, np.int32),
+  out = dict(clips=clips, label=np.full((s,), label, np.int32),
              video_index=np.full((s,), video_index, np.int32),
-             view=np.asarray(views, np.int32),
-             replaced=np.zeros((s,), np.int32))
+             view=np.asarray(views, np.int32), replaced=np.zeros((s,), np.int32))
   out['replaced'][0] = replaced  # counted once per video
   if text is not None:
     out['text'] = np.asarray(text, np.int32)  # [S, L]
   return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Batcher:
+  """Elements (clips of one grid) -> a host batch: the TokenBatch fields, every pixel
+  copied once into its padded token slot (`token_batch.pack`), and the other fields
+  concatenated. With `size`, rows past the elements' are empty (valid False,
+  video_index -1); rows of video_index -1 are never valid (unreadable videos in
+  evaluation)."""
+  patch_size: int
+  tubelet_size: int
+  n_max: int
+  size: int | None = None
+
+  def __call__(self, elements: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    tokens = pack([e['clips'] for e in elements], patch_size=self.patch_size,
+                  tubelet_size=self.tubelet_size, n_max=self.n_max, size=self.size)
+    out = {k: getattr(tokens, k) for k in ('patches', 'coords', 'grid', 'valid')}
+    rows = len(out['patches'])
+    for k in elements[0]:
+      if k == 'clips':
+        continue
+      v = np.concatenate([e[k] for e in elements])
+      if len(v) < rows:
+        pad = np.full((rows - len(v),) + v.shape[1:], -1 if k == 'video_index' else 0,
+                      v.dtype)
+        v = np.concatenate([v, pad])
+      out[k] = v
+    out['valid'][out['video_index'] < 0] = False
+    return out
 
 
 def concat_batch(elements: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -129,28 +173,34 @@ class TrainClip:
   ratio: tuple[float, float] = (3 / 4, 4 / 3)
   seed: int = 0
   captioner: Captioner | None = None  # video-text training: a caption per clip
+  profile: bool = False  # CPU seconds per stage in fields 'cpu_<stage>' (bench pipeline)
 
   def __call__(self, position: int, item: tuple[int, Any]) -> dict[str, np.ndarray]:
     """`position`: the video's place in the global stream (step = position // videos)."""
+    clock = _StageClock(self.profile)
     index, record = item
     plan = self.sampler(position // self.videos_per_step)
     rng = np.random.default_rng([self.seed, position])
     frames, index, record, replaced = self._decode(index, record, plan.frames, rng)
-    clips = []
-    for _ in range(self.num_sample):
-      clip = transforms.random_resized_crop(frames, plan.resolution, rng, self.scale,
-                                            self.ratio)
-      if self.flip and rng.random() < 0.5:
-        clip = transforms.horizontal_flip(clip)
-      clips.append(clip)
+    clock.lap('decode')
+    r = plan.resolution
+    clips = np.empty((self.num_sample, len(frames), r, r, frames.shape[-1]), np.uint8)
+    for clip in clips:
+      transforms.random_resized_crop(frames, r, rng, self.scale, self.ratio,
+                                     flip_p=0.5 * self.flip, out=clip)
+      clock.lap('crop_resize_flip')
     text = None
     if self.captioner is not None:
       text = [self.captioner(record['captions'], rng, _source_id(record, index))
               for _ in clips]
-    return _element(clips, patch_size=self.sampler.patch_size,
-                    tubelet_size=self.sampler.tubelet_size, n_max=self.n_max,
-                    label=int(record['label']), video_index=index,
-                    views=np.arange(self.num_sample), replaced=replaced, text=text)
+    clock.lap('caption')
+    out = _element(clips, label=int(record['label']), video_index=index,
+                   views=np.arange(self.num_sample), replaced=replaced, text=text)
+    if self.profile:
+      for stage, seconds in clock.seconds.items():  # once per video, on its first clip
+        out[f'cpu_{stage}'] = np.zeros((self.num_sample,), np.float64)
+        out[f'cpu_{stage}'][0] = seconds
+    return out
 
   def _decode(self, index, record, t, rng):
     for attempt in range(MAX_REPLACEMENTS + 1):
@@ -173,7 +223,8 @@ def train_dataset(source, *, sampler: PlanSampler, global_batch_size: int, n_max
                   ratio: tuple[float, float] = (3 / 4, 4 / 3), seed: int = 0,
                   process_index: int = 0, process_count: int = 1, start_step: int = 0,
                   num_epochs: int | None = None,
-                  captioner: Captioner | None = None) -> grain.MapDataset:
+                  captioner: Captioner | None = None,
+                  profile: bool = False) -> grain.MapDataset:
   """Host batches of training clips: dicts of numpy arrays, element s is this host's rows
   of the global batch of step `start_step + s`.
 
@@ -185,6 +236,8 @@ def train_dataset(source, *, sampler: PlanSampler, global_batch_size: int, n_max
     start_step: the first step (a resumed run starts where its checkpoint stopped).
     captioner: for video-text training, each clip also gets a caption of its video
       (records need `captions`), in the field `text`.
+    profile: each batch also carries the CPU seconds its videos took per stage
+      (`STAGES`), in float64 fields 'cpu_<stage>' (`python -m flux_jax.bench pipeline`).
 
   Raises:
     ValueError: before anything runs, when N_max cannot hold the largest plan or the
@@ -200,12 +253,54 @@ def train_dataset(source, *, sampler: PlanSampler, global_batch_size: int, n_max
     raise ValueError('the training source is empty')
   videos = global_batch_size // num_sample  # per step
   clip = TrainClip(source, sampler, videos, n_max, num_sample, flip, tuple(scale),
-                   tuple(ratio), seed, captioner)
+                   tuple(ratio), seed, captioner, profile)
   ds = grain.MapDataset.source(source).map_with_index(_WithSourceIndex(len(source)))
   ds = ds.seed(seed).shuffle().repeat(num_epochs)  # the global stream, the same everywhere
   ds = ds.map_with_index(clip)  # keyed on the global position
-  ds = ds.batch(videos // process_count, drop_remainder=True, batch_fn=concat_batch)
+  ds = ds.batch(videos // process_count, drop_remainder=True,
+                batch_fn=_ProfiledBatcher(sampler.patch_size, sampler.tubelet_size, n_max)
+                if profile else Batcher(sampler.patch_size, sampler.tubelet_size, n_max))
   return ds[start_step * process_count + process_index::process_count]
+
+
+@dataclasses.dataclass(frozen=True)
+class _ProfiledBatcher(Batcher):
+  """A Batcher that adds its CPU seconds to the batch's 'cpu_patchify' (bench)."""
+
+  def __call__(self, elements):
+    t0 = time.thread_time()
+    out = super().__call__(elements)
+    out['cpu_patchify'][0] += time.thread_time() - t0
+    return out
+
+
+def host_batches(ds: grain.MapDataset, *, workers: int = 0, threads: int = 0,
+                 prefetch: int = 2) -> grain.IterDataset:
+  """The batches of `ds` (e.g. `train_dataset`) as an iterable that prepares them ahead.
+
+  Args:
+    workers: grain worker processes (`mp_prefetch`); worker w computes batches w, w + n,
+      ... and they come back in order, so any count gives the same batches. 0: batches
+      are computed in this process, when asked for (the training loop asks while the
+      device runs the previous step, which JAX dispatched asynchronously).
+    threads: background threads per process computing batches ahead (grain's
+      `ReadOptions.num_threads`). Decoding holds the GIL for part of its time, so
+      threads do not add cores; they cost CPU in hand-offs (`python -m flux_jax.bench
+      pipeline`), and 0 computes each batch in the thread that asks for it.
+    prefetch: with threads, the batches each process keeps ready (grain's
+      `prefetch_buffer_size`; its default of 500 would hold hundreds of video batches).
+
+  Close the iterator when done (`iter(...).close()`): it stops the workers and frees
+  their shared memory.
+  """
+  if workers < 0 or threads < 0 or prefetch < 0:
+    raise ValueError(f'workers={workers}, threads={threads}, prefetch={prefetch} must be '
+                     '>= 0')
+  out = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                             prefetch_buffer_size=prefetch))
+  if workers:
+    out = out.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,37 +336,9 @@ class EvalClip:
       except decode.DecodeError as e:
         logging.warning('evaluation: unreadable video: %s', e)
         crops, video_index, replaced = blank * self.num_crops, -1, 1
-    out = _element(crops, patch_size=self.patch_size, tubelet_size=self.tubelet_size,
-                   n_max=self.n_max, label=label, video_index=video_index,
-                   views=np.arange(self.num_crops) + clip * self.num_crops,
-                   replaced=replaced)
-    if video_index < 0:
-      out['valid'][:] = False
-    return out
-
-
-def pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-  """Pads a short final batch with empty rows (valid False, video_index -1)."""
-  have = len(batch['label'])
-  if have == size:
-    return batch
-  out = {}
-  for k, v in batch.items():
-    pad = np.zeros((size - have,) + v.shape[1:], v.dtype)
-    if k == 'video_index':
-      pad[:] = -1
-    if k == 'grid':
-      pad[:] = v[:1]
-    out[k] = np.concatenate([v, pad])
-  return out
-
-
-@dataclasses.dataclass(frozen=True)
-class _PadTo:
-  size: int
-
-  def __call__(self, elements):
-    return pad_batch(concat_batch(elements), self.size)
+    return _element(np.stack(crops), label=label, video_index=video_index,
+                    views=np.arange(self.num_crops) + clip * self.num_crops,
+                    replaced=replaced)
 
 
 def eval_dataset(source, *, frames: int, resolution: int, batch_size: int,
@@ -298,4 +365,5 @@ def eval_dataset(source, *, frames: int, resolution: int, batch_size: int,
   per_host = -(-len(source) * num_clips // process_count)
   ds = grain.MapDataset.range(per_host * process_count)[process_index::process_count]
   per_batch = batch_size // num_crops
-  return ds.map(view).batch(per_batch, batch_fn=_PadTo(batch_size))
+  return ds.map(view).batch(per_batch, batch_fn=Batcher(patch_size, tubelet_size, n_max,
+                                                         size=batch_size))

@@ -155,7 +155,8 @@ def video_views(path: str | os.PathLike, plan: FluxPlan, *, patch_size: int = 14
   view = pipeline.EvalClip([record], plan.frames, plan.resolution, num_clips, num_crops,
                            plan.num_tokens(patch_size, tubelet_size), patch_size,
                            tubelet_size)
-  batch = pipeline.concat_batch([view(clip) for clip in range(num_clips)])  # [V, ...]
+  batch = pipeline.Batcher(patch_size, tubelet_size, view.n_max)(
+      [view(clip) for clip in range(num_clips)])  # [V, ...]
   if batch['replaced'].any():  # probed fine but a clip failed: EvalClip logged why
     raise ValueError(f'{source}: decoding the sampled frames failed')
   return TokenBatch(**{k: batch[k] for k in pipeline.TOKEN_FIELDS})

@@ -74,6 +74,58 @@ def grid_coords(t: int, hp: int, wp: int) -> np.ndarray:
   return np.indices((t, hp, wp), dtype=np.int32).reshape(3, -1).T
 
 
+def token_grid(t: int, h: int, w: int, patch_size: int, tubelet_size: int = 1
+               ) -> tuple[int, int, int]:
+  """The (T', Hp, Wp) token grid of `t` frames of `h` x `w`; ValueError if they do not
+  divide into tubelets and patches."""
+  if h % patch_size or w % patch_size:
+    raise ValueError(f'frame size {h}x{w} is not a multiple of the patch size {patch_size}')
+  if t % tubelet_size:
+    raise ValueError(f'{t} frames is not a multiple of the tubelet size {tubelet_size}')
+  return t // tubelet_size, h // patch_size, w // patch_size
+
+
+def _check_fits(tt: int, hp: int, wp: int, n_max: int) -> None:
+  if tt * hp * wp > n_max:
+    raise ValueError(f'grid {tt}x{hp}x{wp} has {tt * hp * wp} tokens, more than '
+                     f'n_max={n_max}')
+
+
+def pack(clips: list[np.ndarray], *, patch_size: int = 14, tubelet_size: int = 1,
+         n_max: int, size: int | None = None) -> TokenBatch:
+  """The numpy `patchify` of host batches: stacks of clips of one shape
+  `[S_i, T, H, W, 3]` -> a TokenBatch of `size` rows (default: sum S_i; rows past the
+  clips are empty, valid False), each pixel copied once, straight into its padded slot.
+  """
+  shape = clips[0].shape[1:]
+  if any(c.ndim != 5 or c.shape[1:] != shape or c.shape[-1] != 3 for c in clips):
+    raise ValueError(f'pack expects stacks of clips [S, T, H, W, 3] of one shape, got '
+                     f'{[c.shape for c in clips]}')
+  t, h, w, c = shape
+  p, kt = patch_size, tubelet_size
+  tt, hp, wp = token_grid(t, h, w, p, kt)
+  n = tt * hp * wp
+  _check_fits(tt, hp, wp, n_max)
+  rows = sum(len(x) for x in clips)
+  size = rows if size is None else size
+  if size < rows:
+    raise ValueError(f'pack: {rows} clips do not fit {size} rows')
+  patches = np.zeros((size, n_max, kt * p * p * c), clips[0].dtype)  # [B, N_max, P]
+  start = 0
+  for x in clips:
+    end = start + len(x)
+    dst = patches[start:end, :n].reshape(end - start, tt, hp, wp, kt, p, p, c)
+    dst[...] = x.reshape(end - start, tt, kt, hp, p, wp, p, c).transpose(
+        0, 1, 3, 5, 2, 4, 6, 7)  # [S, T', Hp, Wp, kt, p, p, 3]
+    start = end
+  coords = np.zeros((size, n_max, 3), np.int32)
+  coords[:rows, :n] = grid_coords(tt, hp, wp)
+  valid = np.zeros((size, n_max), bool)
+  valid[:rows, :n] = True
+  grid = np.tile(np.array([[tt, hp, wp]], np.int32), (size, 1))
+  return TokenBatch(patches=patches, coords=coords, grid=grid, valid=valid)
+
+
 def patchify(video: Array, *, patch_size: int = 14, tubelet_size: int = 1,
              n_max: int | None = None) -> TokenBatch:
   """Cuts videos into raster-ordered patch tokens, padded to `n_max`.
@@ -96,15 +148,10 @@ def patchify(video: Array, *, patch_size: int = 14, tubelet_size: int = 1,
     raise ValueError(f'patchify expects video [B, T, H, W, 3], got shape {video.shape}')
   b, t, h, w, c = video.shape
   p, kt = patch_size, tubelet_size
-  if h % p or w % p:
-    raise ValueError(f'frame size {h}x{w} is not a multiple of the patch size {p}')
-  if t % kt:
-    raise ValueError(f'{t} frames is not a multiple of the tubelet size {kt}')
-  tt, hp, wp = t // kt, h // p, w // p
+  tt, hp, wp = token_grid(t, h, w, p, kt)
   n = tt * hp * wp
   n_max = n if n_max is None else n_max
-  if n > n_max:
-    raise ValueError(f'grid {tt}x{hp}x{wp} has {n} tokens, more than n_max={n_max}')
+  _check_fits(tt, hp, wp, n_max)
 
   x = video.reshape(b, tt, kt, hp, p, wp, p, c)
   x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)  # [B, T, Hp, Wp, kt, p, p, 3]
