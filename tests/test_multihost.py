@@ -61,7 +61,7 @@ def test_two_processes_train_like_one_and_resume_across_topologies(tmp_path):
   # Process 0 alone judges the shared build (builds it here); process 1 opens it.
   built = re.findall(r'process (\d) (built|reused|opens) \S*synthetic_motion/tiny', log)
   assert sorted(built) == [('0', 'built'), ('1', 'opens')], built
-  assert re.search(r'step 2/4 loss [\d.]+ +[\d.]+ steps/s +ETA', log)  # progress lines
+  assert re.search(r'step 2/4 loss [\d.]+ +[\d.]+ steps/s +input wait \d+% +ETA', log)  # progress lines
   assert not re.search(r'\[process 1\].*step \d/4 loss', log)  # process 0 reports
   # 1 x 4 devices, steps 1-4 uninterrupted (checkpoints at 2 and 4).
   _train(1, tmp_path / 'b', data)
