@@ -307,9 +307,8 @@ def _run(config, workdir: str, stop_at: int | None, progress: Callable[[str], An
       ratio=tuple(d.ratio), seed=config.seed, process_index=block, process_count=blocks,
       start_step=start, captioner=pipeline.Captioner(d.caption_length, d.clean_captions)
       if clip else None)
-  train_iter = iter(pipeline.host_batches(train_ds, workers=d.workers,
-                                          threads=d.get('threads', 0),
-                                          prefetch=d.get('prefetch', 2)))
+  train_iter = iter(pipeline.host_batches(  # configs without threads/prefetch: defaults
+      train_ds, **{k: d[k] for k in ('workers', 'threads', 'prefetch') if k in d}))
   resources.callback(train_iter.close)  # grain's workers and their shared memory
 
   # --------------------------------------------------------- Compile, memory -----

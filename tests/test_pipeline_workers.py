@@ -10,6 +10,7 @@ import sys
 
 import av
 from absl import flags
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -69,6 +70,16 @@ def test_pack_writes_what_patchify_gives_and_pads_the_rows():
   for k in ('patches', 'coords', 'grid', 'valid'):
     np.testing.assert_array_equal(getattr(got, k)[:3], getattr(want, k), err_msg=k)
   assert not got.valid[3:].any() and not got.patches[3:].any()
+  # numpy's patchify is pack itself: check both against jax's path and a loop over tokens.
+  on_device = patchify(jnp.asarray(np.concatenate(stacks)), patch_size=14, tubelet_size=2,
+                       n_max=20)
+  np.testing.assert_array_equal(got.patches[:3], np.asarray(on_device.patches))
+  clip = stacks[0][1]  # [4, 28, 42, 3]: 2 x 2 x 3 tokens of 2 x 14 x 14 x 3
+  tokens = [clip[2 * t:2 * t + 2, 14 * h:14 * h + 14, 14 * w:14 * w + 14].reshape(-1)
+            for t in range(2) for h in range(2) for w in range(3)]
+  np.testing.assert_array_equal(got.patches[1, :12], np.stack(tokens))
+  np.testing.assert_array_equal(got.coords[1, :12], [(t, h, w) for t in range(2)
+                                                     for h in range(2) for w in range(3)])
   with pytest.raises(ValueError, match='one shape'):
     pack([stacks[0], stacks[1][:, :2]], patch_size=14, tubelet_size=2, n_max=20)
   with pytest.raises(ValueError, match='more than n_max=11'):

@@ -14,6 +14,7 @@
 """
 
 import json
+import os
 import sys
 
 from absl import app
@@ -105,7 +106,6 @@ def main(argv):
 
 
 def _pipeline():
-  import os  # pylint: disable=g-import-not-at-top
   from flux_jax.bench import pipeline  # pylint: disable=g-import-not-at-top
   batch = FLAGS.batch if FLAGS['batch'].present else 16
   try:

@@ -35,8 +35,10 @@ from flux_jax.tokens.token_batch import TokenBatch, pack
 TOKEN_FIELDS = tuple(f.name for f in dataclasses.fields(TokenBatch))
 STAT_FIELDS = ('replaced',)
 MAX_REPLACEMENTS = 16
-# With `TrainClip.profile`, CPU seconds per stage ride along in fields 'cpu_<stage>'.
-STAGES = ('decode', 'crop_resize_flip', 'caption', 'patchify')
+# With `profile`, CPU seconds per stage ride along in fields 'cpu_<stage>': the stages of
+# a video (TrainClip), then of its batch (Batcher).
+CLIP_STAGES = ('decode', 'crop_resize_flip', 'caption')
+STAGES = CLIP_STAGES + ('patchify',)
 
 
 class _StageClock:
@@ -44,7 +46,7 @@ class _StageClock:
 
   def __init__(self, on: bool):
     self.on = on
-    self.seconds = dict.fromkeys(STAGES, 0.0)
+    self.seconds = dict.fromkeys(CLIP_STAGES, 0.0)
     self._last = time.thread_time() if on else 0.0
 
   def lap(self, stage: str) -> None:
@@ -127,13 +129,15 @@ class Batcher:
   copied once into its padded token slot (`token_batch.pack`), and the other fields
   concatenated. With `size`, rows past the elements' are empty (valid False,
   video_index -1); rows of video_index -1 are never valid (unreadable videos in
-  evaluation)."""
+  evaluation). With `profile`, its CPU seconds go in 'cpu_patchify' (row 0)."""
   patch_size: int
   tubelet_size: int
   n_max: int
   size: int | None = None
+  profile: bool = False
 
   def __call__(self, elements: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    t0 = time.thread_time() if self.profile else 0.0
     tokens = pack([e['clips'] for e in elements], patch_size=self.patch_size,
                   tubelet_size=self.tubelet_size, n_max=self.n_max, size=self.size)
     out = {k: getattr(tokens, k) for k in ('patches', 'coords', 'grid', 'valid')}
@@ -148,6 +152,9 @@ class Batcher:
         v = np.concatenate([v, pad])
       out[k] = v
     out['valid'][out['video_index'] < 0] = False
+    if self.profile:
+      out['cpu_patchify'] = np.zeros((rows,), np.float64)
+      out['cpu_patchify'][0] = time.thread_time() - t0
     return out
 
 
@@ -258,20 +265,9 @@ def train_dataset(source, *, sampler: PlanSampler, global_batch_size: int, n_max
   ds = ds.seed(seed).shuffle().repeat(num_epochs)  # the global stream, the same everywhere
   ds = ds.map_with_index(clip)  # keyed on the global position
   ds = ds.batch(videos // process_count, drop_remainder=True,
-                batch_fn=_ProfiledBatcher(sampler.patch_size, sampler.tubelet_size, n_max)
-                if profile else Batcher(sampler.patch_size, sampler.tubelet_size, n_max))
+                batch_fn=Batcher(sampler.patch_size, sampler.tubelet_size, n_max,
+                                 profile=profile))
   return ds[start_step * process_count + process_index::process_count]
-
-
-@dataclasses.dataclass(frozen=True)
-class _ProfiledBatcher(Batcher):
-  """A Batcher that adds its CPU seconds to the batch's 'cpu_patchify' (bench)."""
-
-  def __call__(self, elements):
-    t0 = time.thread_time()
-    out = super().__call__(elements)
-    out['cpu_patchify'][0] += time.thread_time() - t0
-    return out
 
 
 def host_batches(ds: grain.MapDataset, *, workers: int = 0, threads: int = 0,

@@ -304,22 +304,13 @@ def make_model(config: Mapping[str, Any]) -> FluxViT:
 
   Unknown keys fail here, before anything is compiled.
   """
-  config = dict(config)
-  variant = config.pop('variant', 'small')
-  if variant not in VARIANTS:
-    raise ValueError(f'model.variant={variant!r} is not one of {sorted(VARIANTS)}')
-  fields = {f.name for f in dataclasses.fields(FluxViT)} - {'parent', 'name'}
-  unknown = sorted(set(config) - fields)
-  if unknown:
-    raise ValueError(f'unknown model config keys {unknown}; known: {sorted(fields)}')
-  kwargs = {**VARIANTS[variant], **config}
+  kwargs = layers.config_kwargs(FluxViT, VARIANTS, config, default='small', block='model',
+                                noun='model')
   if 'num_classes' not in kwargs:
     raise ValueError('model.num_classes is required')
   for key in ('pos_grid', 'head_budgets'):
     if key in kwargs:
       kwargs[key] = tuple(int(v) for v in kwargs[key])
-  if isinstance(kwargs.get('dtype'), str):
-    kwargs['dtype'] = jnp.dtype(kwargs['dtype'])
   model = FluxViT(**kwargs)
   if model.embed_dim % model.num_heads or model.embed_dim % model.attn_pool_num_heads:
     raise ValueError(f'embed_dim {model.embed_dim} must divide by num_heads '

@@ -6,8 +6,9 @@ maps them to mesh axes by rules from the config.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -445,6 +446,29 @@ def l2_normalize(x, eps: float = 1e-12):
 
 # Parameters of any module of the model, from example inputs: FluxViT, the text tower and
 # FluxViT-CLIP each call these with their own dummy inputs.
+def config_kwargs(cls: type[nn.Module], variants: Mapping[str, Mapping[str, Any]],
+                  config: Mapping[str, Any], *, default: str, block: str,
+                  noun: str) -> dict[str, Any]:
+  """A module's constructor arguments from a config: `variant` (a key of `variants`,
+  `default` when absent) plus overrides of any field, a dtype by name made a jnp dtype.
+
+  Unknown variants and keys are refused here, before anything compiles, naming the
+  config `block` ('model' -> 'model.variant=...') and the `noun` of its keys.
+  """
+  config = dict(config)
+  variant = config.pop('variant', default)
+  if variant not in variants:
+    raise ValueError(f'{block}.variant={variant!r} is not one of {sorted(variants)}')
+  fields = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
+  unknown = sorted(set(config) - fields)
+  if unknown:
+    raise ValueError(f'unknown {noun} config keys {unknown}; known: {sorted(fields)}')
+  kwargs = {**variants[variant], **config}
+  if isinstance(kwargs.get('dtype'), str):
+    kwargs['dtype'] = jnp.dtype(kwargs['dtype'])
+  return kwargs
+
+
 def init_module_params(module: nn.Module, rng: jax.Array, *inputs) -> dict:
   """Float32 parameters (logical-axis boxes removed)."""
   variables = jax.jit(lambda r: module.init({'params': r}, *inputs))(rng)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 # Imported by name: `layers` is also the depth field of TextTransformer, as in open_clip.
 from flux_jax.model.layers import (CLIP, EMBED, HEADS, KV, QKV, Mlp, abstract_module_params,
-                                   dense, init_module_params, layer_norm,
+                                   config_kwargs, dense, init_module_params, layer_norm,
                                    module_param_specs, param_with_axes)
 
 Dtype = Any
@@ -129,18 +129,9 @@ def make_text_model(config: Mapping[str, Any]) -> TextTransformer:
 
   Unknown keys fail here, before anything is compiled.
   """
-  config = dict(config)
-  variant = config.pop('variant', 'mobileclip_b')
-  if variant not in TEXT_VARIANTS:
-    raise ValueError(f'text.variant={variant!r} is not one of {sorted(TEXT_VARIANTS)}')
-  fields = {f.name for f in dataclasses.fields(TextTransformer)} - {'parent', 'name'}
-  unknown = sorted(set(config) - fields)
-  if unknown:
-    raise ValueError(f'unknown text model config keys {unknown}; known: {sorted(fields)}')
-  kwargs = {**TEXT_VARIANTS[variant], **config}
-  if isinstance(kwargs.get('dtype'), str):
-    kwargs['dtype'] = jnp.dtype(kwargs['dtype'])
-  model = TextTransformer(**kwargs)
+  model = TextTransformer(**config_kwargs(TextTransformer, TEXT_VARIANTS, config,
+                                         default='mobileclip_b', block='text',
+                                         noun='text model'))
   if model.width % model.heads:
     raise ValueError(f'text width {model.width} must divide by heads {model.heads}')
   return model

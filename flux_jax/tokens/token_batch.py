@@ -7,6 +7,7 @@ a fixed shape, one compiled program serves every sampled grid.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.struct
@@ -65,10 +66,6 @@ class ClipBatch:
   text: Array
 
 
-def _xp(x):
-  return jnp if isinstance(x, jax.Array) else np
-
-
 def grid_coords(t: int, hp: int, wp: int) -> np.ndarray:
   """(t, h, w) of every token of a (t, hp, wp) grid in raster order: int32 `[N, 3]`."""
   return np.indices((t, hp, wp), dtype=np.int32).reshape(3, -1).T
@@ -91,6 +88,26 @@ def _check_fits(tt: int, hp: int, wp: int, n_max: int) -> None:
                      f'n_max={n_max}')
 
 
+def _token_order(video: Array, tubelet_size: int, patch_size: int) -> Array:
+  """`[B, T, H, W, C]` -> `[B, T', Hp, Wp, kt, p, p, C]`: tokens in raster order, each
+  token's pixels (kt, py, px, rgb) together."""
+  b, t, h, w, c = video.shape
+  kt, p = tubelet_size, patch_size
+  x = video.reshape(b, t // kt, kt, h // p, p, w // p, p, c)
+  return x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
+
+
+def _layout(rows: int, size: int, grid: tuple[int, int, int], n_max: int):
+  """(coords, valid, grid) of `size` rows whose first `rows` hold a `grid` of tokens."""
+  tt, hp, wp = grid
+  n = tt * hp * wp
+  coords = np.zeros((size, n_max, 3), np.int32)
+  coords[:rows, :n] = grid_coords(tt, hp, wp)
+  valid = np.zeros((size, n_max), bool)
+  valid[:rows, :n] = True
+  return coords, valid, np.tile(np.array([grid], np.int32), (size, 1))
+
+
 def pack(clips: list[np.ndarray], *, patch_size: int = 14, tubelet_size: int = 1,
          n_max: int, size: int | None = None) -> TokenBatch:
   """The numpy `patchify` of host batches: stacks of clips of one shape
@@ -102,35 +119,31 @@ def pack(clips: list[np.ndarray], *, patch_size: int = 14, tubelet_size: int = 1
     raise ValueError(f'pack expects stacks of clips [S, T, H, W, 3] of one shape, got '
                      f'{[c.shape for c in clips]}')
   t, h, w, c = shape
-  p, kt = patch_size, tubelet_size
-  tt, hp, wp = token_grid(t, h, w, p, kt)
-  n = tt * hp * wp
-  _check_fits(tt, hp, wp, n_max)
+  grid = token_grid(t, h, w, patch_size, tubelet_size)
+  n = math.prod(grid)
+  _check_fits(*grid, n_max)
   rows = sum(len(x) for x in clips)
   size = rows if size is None else size
   if size < rows:
     raise ValueError(f'pack: {rows} clips do not fit {size} rows')
-  patches = np.zeros((size, n_max, kt * p * p * c), clips[0].dtype)  # [B, N_max, P]
+  patches = np.zeros((size, n_max, tubelet_size * patch_size ** 2 * c),
+                     clips[0].dtype)  # [B, N_max, P]
   start = 0
   for x in clips:
     end = start + len(x)
-    dst = patches[start:end, :n].reshape(end - start, tt, hp, wp, kt, p, p, c)
-    dst[...] = x.reshape(end - start, tt, kt, hp, p, wp, p, c).transpose(
-        0, 1, 3, 5, 2, 4, 6, 7)  # [S, T', Hp, Wp, kt, p, p, 3]
+    dst = patches[start:end, :n].reshape(  # a view: [S, T', Hp, Wp, kt, p, p, 3]
+        (end - start,) + grid + (tubelet_size, patch_size, patch_size, c))
+    dst[...] = _token_order(x, tubelet_size, patch_size)
     start = end
-  coords = np.zeros((size, n_max, 3), np.int32)
-  coords[:rows, :n] = grid_coords(tt, hp, wp)
-  valid = np.zeros((size, n_max), bool)
-  valid[:rows, :n] = True
-  grid = np.tile(np.array([[tt, hp, wp]], np.int32), (size, 1))
-  return TokenBatch(patches=patches, coords=coords, grid=grid, valid=valid)
+  coords, valid, grid_rows = _layout(rows, size, grid, n_max)
+  return TokenBatch(patches=patches, coords=coords, grid=grid_rows, valid=valid)
 
 
 def patchify(video: Array, *, patch_size: int = 14, tubelet_size: int = 1,
              n_max: int | None = None) -> TokenBatch:
   """Cuts videos into raster-ordered patch tokens, padded to `n_max`.
 
-  Works on numpy (host pipeline) and on jax arrays (on-device inference) alike.
+  Works on numpy (host pipeline, by `pack`) and on jax arrays (on-device inference).
 
   Args:
     video: `[B, T, H, W, 3]` or `[T, H, W, 3]`; uint8 pixels or float normalized values.
@@ -141,28 +154,18 @@ def patchify(video: Array, *, patch_size: int = 14, tubelet_size: int = 1,
   Returns:
     A TokenBatch with batch dimension (added when `video` had none).
   """
-  xp = _xp(video)
   if video.ndim == 4:
     video = video[None]
   if video.ndim != 5 or video.shape[-1] != 3:
     raise ValueError(f'patchify expects video [B, T, H, W, 3], got shape {video.shape}')
   b, t, h, w, c = video.shape
-  p, kt = patch_size, tubelet_size
-  tt, hp, wp = token_grid(t, h, w, p, kt)
-  n = tt * hp * wp
+  grid = token_grid(t, h, w, patch_size, tubelet_size)
+  n = math.prod(grid)
   n_max = n if n_max is None else n_max
-  _check_fits(tt, hp, wp, n_max)
-
-  x = video.reshape(b, tt, kt, hp, p, wp, p, c)
-  x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)  # [B, T, Hp, Wp, kt, p, p, 3]
-  patches = x.reshape(b, n, kt * p * p * c)  # [B, N, P]
-  coords = np.broadcast_to(grid_coords(tt, hp, wp), (b, n, 3))
-  valid = np.ones((b, n), bool)
-  if n_max > n:
-    pad = n_max - n
-    patches = xp.pad(patches, ((0, 0), (0, pad), (0, 0)))
-    coords = np.pad(coords, ((0, 0), (0, pad), (0, 0)))
-    valid = np.pad(valid, ((0, 0), (0, pad)))
-  grid = np.tile(np.array([[tt, hp, wp]], np.int32), (b, 1))
-  return TokenBatch(patches=patches, coords=np.ascontiguousarray(coords), grid=grid,
-                    valid=valid)
+  _check_fits(*grid, n_max)
+  if not isinstance(video, jax.Array):
+    return pack([video], patch_size=patch_size, tubelet_size=tubelet_size, n_max=n_max)
+  patches = _token_order(video, tubelet_size, patch_size).reshape(b, n, -1)  # [B, N, P]
+  patches = jnp.pad(patches, ((0, 0), (0, n_max - n), (0, 0)))
+  coords, valid, grid_rows = _layout(b, b, grid, n_max)
+  return TokenBatch(patches=patches, coords=coords, grid=grid_rows, valid=valid)

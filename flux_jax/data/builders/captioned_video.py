@@ -42,13 +42,11 @@ an image) and `captions`, a Python list of UTF-8 `bytes`, one per caption, as wr
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
 from collections.abc import Mapping, Sequence
 
-from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -57,7 +55,7 @@ from flux_jax.data.builders import video_csv
 
 KINDS = ('video', 'image')
 NO_LABEL = -1
-MANIFEST = video_csv.MANIFEST
+MANIFEST = common.MANIFEST
 # Re-encoding keeps the frames in [start, end) s: all of them, so that an image
 # goes through video_csv's loader as a re-encoded 1-frame clip even without short_side.
 _WHOLE = (0.0, math.inf)
@@ -164,15 +162,11 @@ def class_names(builder: tfds.core.DatasetBuilder) -> list[str] | None:
   return (builder.info.metadata or {}).get('class_names')
 
 
-class CaptionedVideo(common.LocalBuilder):
+class CaptionedVideo(common.FileListBuilder):
   """Captioned videos and images; configure with a `CaptionedVideoConfig`."""
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'First version.'}
-
-  def __init__(self, **kwargs):
-    self._skipped = []  # manifest rows, filled while the splits are generated
-    super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     names = self.builder_config.class_names
@@ -198,22 +192,7 @@ class CaptionedVideo(common.LocalBuilder):
   def _generate_examples(self, split: str, annotations: list[Annotation]):
     config = self.builder_config
     jobs = ((i, a, config.short_side) for i, a in enumerate(annotations))
-    yield from common.readable_records('captioned_video', split, config.splits[split],
-                                       annotations, jobs, _load, self._num_workers,
-                                       self._skipped)
-
-  def _download_and_prepare(self, dl_manager, download_config) -> None:
-    super()._download_and_prepare(dl_manager, download_config)
-    config = self.builder_config
-    (self.data_path / MANIFEST).write_text(json.dumps({
-        'config': config.name,
-        'sources': dict(config.splits),
-        'short_side': config.short_side,
-        'num_examples': {s: self.info.splits[s].num_examples for s in config.splits},
-        'skipped': self._skipped,
-    }, indent=1))
-    logging.info('captioned_video: %d files skipped, listed in %s', len(self._skipped),
-                 self.data_path / MANIFEST)
+    yield from self._readable(split, annotations, jobs, _load)
 
 
 def _load(job: tuple[int, Annotation, int | None]) -> tuple[int, dict | None, str]:
@@ -235,10 +214,7 @@ def build(config: CaptionedVideoConfig, data_dir: str,
   """Builds (or reuses) the dataset of `config` in `data_dir`; returns its builder.
 
   Read it back with `builder.as_data_source(split)`, or later, without the sources,
-  with `tfds.builder_from_directory(builder.data_dir)`. `num_workers` (default: one
-  per CPU) processes read and check the files; above 1 they are spawned, so a calling
-  script needs an `if __name__ == '__main__':` guard.
+  with `tfds.builder_from_directory(builder.data_dir)`. `num_workers`: processes reading
+  and checking the files (`common.build_local`).
   """
-  workers = common.default_workers() if num_workers is None else num_workers
-  return common.prepare(functools.partial(CaptionedVideo, data_dir=data_dir,
-                                          config=config, num_workers=workers))
+  return common.build_local(CaptionedVideo, config, data_dir, num_workers)

@@ -1,11 +1,13 @@
 """What the TFDS builders share: the record schema, preparing offline and once per job, a
-process pool."""
+process pool, the manifest of skipped files."""
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import inspect
+import json
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,6 +27,7 @@ _B = TypeVar('_B', bound=tfds.core.DatasetBuilder)
 # ordered_map's live worker pools: TFDS holds the generator, so a build that fails keeps
 # it (and its workers and semaphores) alive as long as the error; `prepare` closes them.
 _POOLS: set[concurrent.futures.Executor] = set()
+MANIFEST = 'manifest.json'  # FileListBuilder's files skipped, beside the dataset
 
 
 class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -42,6 +45,44 @@ class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # Python < 3.9, and fails without it (tensorflow/datasets#11212). The module's
     # file is the same answer.
     return epath.Path(inspect.getfile(cls))
+
+
+class FileListBuilder(LocalBuilder, skip_registration=True):
+  """A LocalBuilder of files listed per split (its config has `splits`, source name per
+  split, and `short_side`): files that do not load are skipped, never fatal, and listed
+  with their reason in MANIFEST in the dataset directory."""
+
+  def __init__(self, **kwargs):
+    self._skipped = []  # manifest rows, filled while the splits are generated
+    super().__init__(**kwargs)
+
+  def _readable(self, split: str, items: Sequence, jobs, load: Callable):
+    """`readable_records` of one split, its skipped files kept for the manifest."""
+    yield from readable_records(self.name, split, self.builder_config.splits[split], items,
+                                jobs, load, self._num_workers, self._skipped)
+
+  def _download_and_prepare(self, dl_manager, download_config) -> None:
+    super()._download_and_prepare(dl_manager, download_config)
+    config = self.builder_config
+    (self.data_path / MANIFEST).write_text(json.dumps({
+        'config': config.name,
+        'sources': dict(config.splits),
+        'short_side': config.short_side,
+        'num_examples': {s: self.info.splits[s].num_examples for s in config.splits},
+        'skipped': self._skipped,
+    }, indent=1))
+    logging.info('%s: %d files skipped, listed in %s', self.name, len(self._skipped),
+                 self.data_path / MANIFEST)
+
+
+def build_local(builder_cls: Callable[..., _B], config: tfds.core.BuilderConfig,
+                data_dir: str, num_workers: int | None) -> _B:
+  """`prepare` of `builder_cls(config=config, data_dir=data_dir)` on `num_workers`
+  processes (default: one per CPU; above 1 they are spawned, so a calling script needs
+  an `if __name__ == '__main__':` guard)."""
+  workers = default_workers() if num_workers is None else num_workers
+  return prepare(functools.partial(builder_cls, data_dir=data_dir, config=config,
+                                   num_workers=workers))
 
 
 def video_features(label_names: Sequence[str] | None) -> tfds.features.FeaturesDict:

@@ -60,7 +60,7 @@ VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.m
 HEADER_PATHS = ('path', 'video', 'video_path', 'video_id', 'youtube_id', 'file', 'filename',
                 'name', 'id', 'source')
 HEADER_LABELS = ('label', 'labels', 'class', 'class_id', 'class_name', 'category', 'target')
-MANIFEST = 'manifest.json'
+MANIFEST = common.MANIFEST
 LABEL_MAP = 'label_map.json'
 
 
@@ -213,15 +213,11 @@ def _segment(start: str, end: str) -> tuple[float, float] | None:
   return segment if segment[1] > segment[0] else None
 
 
-class VideoCsv(common.LocalBuilder):
+class VideoCsv(common.FileListBuilder):
   """Videos listed by the user; configure with a `VideoCsvConfig`."""
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'First version.'}
-
-  def __init__(self, **kwargs):
-    self._skipped = []  # manifest rows, filled while the splits are generated
-    super().__init__(**kwargs)
 
   @functools.cached_property
   def _entries(self) -> dict[str, list[Entry]]:
@@ -256,24 +252,13 @@ class VideoCsv(common.LocalBuilder):
   def _generate_examples(self, split: str, entries: list[Entry], labels: LabelMap):
     config = self.builder_config
     jobs = ((i, e, labels.id(e.label), config.short_side) for i, e in enumerate(entries))
-    yield from common.readable_records('video_csv', split, config.splits[split], entries,
-                                       jobs, _load, self._num_workers, self._skipped)
+    yield from self._readable(split, entries, jobs, _load)
 
   def _download_and_prepare(self, dl_manager, download_config) -> None:
     super()._download_and_prepare(dl_manager, download_config)
-    config = self.builder_config
     labels = self._labels
     (self.data_path / LABEL_MAP).write_text(json.dumps(
         {'names': list(labels.names), 'from_ints': labels.from_ints}, indent=1))
-    (self.data_path / MANIFEST).write_text(json.dumps({
-        'config': config.name,
-        'sources': dict(config.splits),
-        'short_side': config.short_side,
-        'num_examples': {s: self.info.splits[s].num_examples for s in config.splits},
-        'skipped': self._skipped,
-    }, indent=1))
-    logging.info('video_csv: %d files skipped, listed in %s', len(self._skipped),
-                 self.data_path / MANIFEST)
 
 
 def _load(job: tuple[int, Entry, int, int | None]) -> tuple[int, dict | None, str]:
@@ -304,10 +289,7 @@ def build(config: VideoCsvConfig, data_dir: str,
   """Builds (or reuses) the dataset of `config` in `data_dir`; returns its builder.
 
   Read it back with `builder.as_data_source(split)`, or later, without the sources,
-  with `tfds.builder_from_directory(builder.data_dir)`. `num_workers` (default: one
-  per CPU) processes read and check the videos; above 1 they are spawned, so a calling
-  script needs an `if __name__ == '__main__':` guard.
+  with `tfds.builder_from_directory(builder.data_dir)`. `num_workers`: processes reading
+  and checking the videos (`common.build_local`).
   """
-  workers = common.default_workers() if num_workers is None else num_workers
-  return common.prepare(functools.partial(VideoCsv, data_dir=data_dir, config=config,
-                                          num_workers=workers))
+  return common.build_local(VideoCsv, config, data_dir, num_workers)
