@@ -1,5 +1,7 @@
 """flux_jax.data.decode: SPEC C.2/C.7 frame indices, and PyAV on real mp4 files."""
 
+import io
+
 import av
 import numpy as np
 import pytest
@@ -144,6 +146,95 @@ def test_decode_stops_at_the_last_needed_frame(tmp_path):
   with pytest.raises(decode.DecodeError, match='broken.mp4'):
     decode.reencode(broken, 32, 'broken.mp4')
   assert decode.decode_frames(broken, [5, 0, 10], 'broken.mp4').shape == (3, 64, 64, 3)
+
+
+def encode(frames, fmt, codec, options, max_b_frames=None):
+  """`frames` in `fmt` by `codec` with encoder `options` (one thread)."""
+  buffer = io.BytesIO()
+  with av.open(buffer, 'w', format=fmt) as c:
+    stream = c.add_stream(codec, rate=25)
+    stream.height, stream.width = frames.shape[1:3]
+    stream.pix_fmt, stream.options = 'yuv420p', options
+    stream.codec_context.thread_count = 1
+    if max_b_frames:
+      stream.codec_context.max_b_frames, stream.codec_context.gop_size = max_b_frames, 8
+    for rgb in frames:
+      c.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format='rgb24')))
+    c.mux(stream.encode(None))
+  return buffer.getvalue()
+
+
+def every_frame(data):
+  """The reference: PyAV decoding every frame, counted in output order."""
+  with av.open(io.BytesIO(data)) as c:
+    return np.stack([f.to_ndarray(format='rgb24') for f in c.decode(video=0)])
+
+
+# (name, container, codec, options, B-frames for mpeg4, groups of pictures are closed)
+STREAMS = [
+    ('h264 closed GOP of 8', 'mp4', 'libx264', {'x264-params': 'keyint=8:mbtree=0'}, None,
+     True),
+    ('h264 default GOP', 'mp4', 'libx264', {'x264-params': 'mbtree=0'}, None, True),
+    ('h264 open GOP', 'mp4', 'libx264', {'x264-params': 'keyint=8:open-gop=1:mbtree=0'},
+     None, False),
+    ('hevc (CRA, open)', 'mp4', 'libx265', {'x265-params': 'keyint=8:log-level=none'},
+     None, False),
+    ('vp9 in webm', 'webm', 'libvpx-vp9', {'g': '8'}, None, True),
+    ('mpeg4 with B-frames', 'mp4', 'mpeg4', {}, 2, False),
+]
+
+
+@pytest.mark.parametrize('name, fmt, codec, options, b_frames, closed', STREAMS,
+                         ids=[s[0] for s in STREAMS])
+def test_skipping_decode_equals_decoding_every_frame(name, fmt, codec, options, b_frames,
+                                                     closed):
+  """decode_frames decodes only the groups of pictures, packets and reference frames the
+  wanted frames need; the frames are bit-identical to decoding every one, on every codec
+  and group structure here (closed groups are skipped, open ones decoded from the start)."""
+  y, x = np.mgrid[:64, :96]
+  frames = np.stack([np.stack([(x + 5 * i) % 256, (2 * y + 3 * i) % 256,
+                               np.full_like(x, 128)], -1) for i in range(40)])
+  data = encode(frames.astype(np.uint8), fmt, codec, options, b_frames)
+  reference = every_frame(data)
+  assert len(reference) == 40
+  with av.open(io.BytesIO(data)) as c:
+    packets = [p for p in c.demux(video=0) if p.size]
+  pts = [p.pts for p in packets]
+  if codec != 'libvpx-vp9':  # the stream reorders frames (B-frames): decode order != shown
+    assert pts != sorted(pts)
+  keys = [i for i, p in enumerate(packets) if p.is_keyframe]
+  leading = [min(pts[a:b]) < pts[a] for a, b in zip(keys, keys[1:] + [len(pts)])]
+  assert any(leading) == (not closed)  # the stream has the structure its case names
+  rng = np.random.default_rng(0)
+  sets = [decode.train_frame_indices(40, t, rng) for t in (1, 2, 3, 5, 8, 16, 40)]
+  sets += [np.array([39]), np.array([0]), np.array([20, 3, 3, 39, 20])]
+  for indices in sets:
+    order, runs = decode._skip_plan(packets, indices, 40)
+    assert order == sorted(pts)
+    assert runs[0][0] == 0 or closed
+    assert decode._decode_skipping(data, indices, name, 40) is not None  # not the fallback
+    np.testing.assert_array_equal(decode.decode_frames(data, indices, name, 40),
+                                  reference[indices], err_msg=f'{name}: {indices}')
+  # Frames 3 and 30 only: a closed stream skips whole groups of pictures between them.
+  _, runs = decode._skip_plan(packets, np.array([3, 30]), 40)
+  if closed and len(keys) > 2:
+    assert len(runs) == 2 and sum(b - a for a, b in runs) < 31
+    assert all(a in keys for a, _ in runs)
+  elif not closed:
+    assert runs == [(0, max(i for i, t in enumerate(pts) if t in (order[3], order[30])) + 1)]
+
+
+def test_skipping_falls_back_where_timestamps_cannot_tell(clip, mp4):
+  """A frame count other than the packets' (probe counted the decoder's outputs, e.g.
+  edit lists) means frames are counted as decoded, from the start: same frames."""
+  indices = np.array([5, 30, 12])
+  assert decode._decode_skipping(mp4, indices, 'clip.mp4', 41) is None
+  expected = every_frame(mp4)[indices]
+  np.testing.assert_array_equal(decode.decode_frames(mp4, indices, 'clip.mp4', 41),
+                                expected)
+  np.testing.assert_array_equal(decode.decode_frames(mp4, indices, 'clip.mp4'), expected)
+  with pytest.raises(decode.DecodeError, match=r'clip\.mp4: needs frame 40 .* 40 frames'):
+    decode.decode_frames(mp4, [40], 'clip.mp4', 40)
 
 
 @pytest.mark.parametrize('make_bad, problem', [

@@ -7,7 +7,7 @@
             teacher alone (--config configs/umt_synthetic.py --batch --repeats --frames
             --resolution)
   pipeline: steady-state videos/s and clips/s of the grain pipeline with 0, 1, 2 workers
-            against raw PyAV decoding, CPU ms per clip by stage (--source --batch
+            against decoding alone, CPU ms per clip by stage (--source --batch
             --seconds --workers --threads --videos)
   aot:      a config's train step compiled for a TPU topology on this host: bytes per chip,
             fits HBM, FLOPs, collectives (--config --topology --batch_per_chip --json)

@@ -6,7 +6,11 @@ parallelism comes from the workers, not from FFmpeg.
 
 Frame indices count frames in presentation order, as the decoder outputs them; the
 frame count of a video is the number of frames its decoder outputs (`probe`), which is
-what the stored `num_frames` and the samplers (SPEC C.2, C.7) refer to.
+what the stored `num_frames` and the samplers (SPEC C.2, C.7) refer to. `decode_frames`
+finds frame i by its timestamp, so it can leave undecoded what the wanted frames do not
+depend on (whole groups of pictures, non-reference frames): on Kinetics-like H.264 that
+is 30-45% of the decoding (docs/data.md); where timestamps cannot tell, it decodes every
+frame and counts, with the same result.
 
 The frame size of a video is the size of its first frame: a stream whose resolution
 changes midway (a spliced file, an adaptive-bitrate recording) is decoded with every
@@ -121,12 +125,26 @@ def probe(data: bytes, source: str) -> VideoInfo:
   return VideoInfo(num_frames=num_frames, height=height, width=width, fps=float(fps))
 
 
-def decode_frames(data: bytes, indices: Sequence[int] | np.ndarray,
-                  source: str) -> np.ndarray:
+def decode_frames(data: bytes, indices: Sequence[int] | np.ndarray, source: str,
+                  num_frames: int | None = None, skip: bool = True) -> np.ndarray:
   """Decodes the frames at `indices` (any order, repeats allowed) to RGB.
 
-  Decodes sequentially from the start and stops at the largest index: frames after it
-  are never decoded. The short clips of this project need no seeking.
+  Only what the wanted frames need is decoded (`_skip_plan`): nothing after the last of
+  them, no group of pictures that holds none of them, and no non-reference frame that
+  is not wanted (FFmpeg's `skip_frame`). That needs the frames' timestamps: where they
+  cannot say which packet holds frame i (missing or repeated timestamps, edit lists, a
+  packet count other than `num_frames`, frames of another size), every frame is
+  decoded from the start and counted as the decoder outputs it (`_decode_sequential`),
+  with the same result.
+
+  Args:
+    data: the encoded video.
+    indices: frame indices in presentation order.
+    source: names the video in errors.
+    num_frames: the frame count `probe` found (a dataset record's), if known: skipping
+      is used only when the stream holds exactly that many packets.
+    skip: False decodes every frame up to the last wanted one, as the reference
+      (`python -m flux_jax.bench pipeline` times both).
 
   Returns:
     uint8 `[len(indices), H, W, 3]`, frames in the order of `indices`, at the size of
@@ -141,6 +159,23 @@ def decode_frames(data: bytes, indices: Sequence[int] | np.ndarray,
                      f'{indices.shape}')
   if indices.min() < 0:
     raise ValueError(f'{source}: negative frame index {indices.min()}')
+  frames = _decode_skipping(data, indices, source, num_frames) if skip else None
+  if frames is None:
+    frames = _decode_sequential(data, indices, source)
+  return _stack(frames, indices.tolist(), source)
+
+
+def _stack(frames: dict[int, np.ndarray], indices: list[int], source: str) -> np.ndarray:
+  try:
+    return np.stack([frames[i] for i in indices])  # [T, H, W, 3]
+  except MemoryError as e:
+    raise DecodeError(f'{source}: no memory for {len(indices)} frames of '
+                      f'{next(iter(frames.values())).shape}') from e
+
+
+def _decode_sequential(data: bytes, indices: np.ndarray, source: str
+                       ) -> dict[int, np.ndarray]:
+  """{index: RGB frame}: every frame decoded from the start, up to the largest index."""
   wanted = set(indices.tolist())
   last = int(indices.max())
   decoded = {}
@@ -156,10 +191,82 @@ def decode_frames(data: bytes, indices: Sequence[int] | np.ndarray,
         break
   if count <= last:
     raise DecodeError(f'{source}: needs frame {last} but the video has {count} frames')
+  return decoded
+
+
+def _decode_skipping(data: bytes, indices: np.ndarray, source: str,
+                     num_frames: int | None) -> dict[int, np.ndarray] | None:
+  """{index: RGB frame} by decoding only the packets `_skip_plan` names; None where the
+  stream does not allow it (then `_decode_sequential` decides, errors included)."""
   try:
-    return np.stack([decoded[i] for i in indices.tolist()])  # [T, H, W, 3]
-  except MemoryError as e:
-    raise DecodeError(f'{source}: no memory for {len(indices)} frames of {size}') from e
+    with _open(data, source) as (container, stream):
+      packets = [p for p in container.demux(stream) if p.size]
+      plan = _skip_plan(packets, indices, num_frames)
+      if plan is None:
+        return None
+      order, runs = plan
+      wanted = {order[i]: i for i in set(indices.tolist())}  # pts -> index
+      codec = stream.codec_context
+      size = (codec.height, codec.width)
+      decoded = {}
+      for start, stop in runs:
+        for packet in packets[start:stop]:
+          codec.skip_frame = 'DEFAULT' if packet.pts in wanted else 'NONREF'
+          decoded.update(_wanted_rgb(codec.decode(packet), wanted, size, source))
+        codec.skip_frame = 'DEFAULT'
+        decoded.update(_wanted_rgb(codec.decode(None), wanted, size, source))  # drain
+        codec.flush_buffers()  # the next run starts afresh at a keyframe
+  except _FAILURES:  # DecodeError included
+    return None
+  return decoded if len(decoded) == len(wanted) else None
+
+
+def _wanted_rgb(frames: Sequence[av.VideoFrame], wanted: dict[int, int],
+                size: tuple[int, int], source: str) -> dict[int, np.ndarray]:
+  out = {}
+  for frame in frames:
+    if frame.pts in wanted:
+      if (frame.height, frame.width) != size or frame.is_corrupt:
+        # A size change, or a reference the decoder missed: decoded sequentially.
+        raise DecodeError(f'{source}: frame {wanted[frame.pts]} needs sequential decoding')
+      out[wanted[frame.pts]] = _rgb(frame, size, f'{source}: frame {wanted[frame.pts]}')
+  return out
+
+
+def _skip_plan(packets: Sequence[av.Packet], indices: np.ndarray,
+               num_frames: int | None
+               ) -> tuple[list[int], list[tuple[int, int]]] | None:
+  """The presentation timestamps of the frames in order, and the runs [start, stop) of
+  packets (in decode order) that decoding `indices` needs; None when timestamps cannot
+  tell (`decode_frames`).
+
+  A run starts at a keyframe (a random-access point: the decoder is drained and reset
+  before it) and ends at the last packet of a wanted frame in its group of pictures, as
+  a frame depends only on packets before it in decode order. A stream with open groups
+  of pictures (frames after a keyframe in decode order but shown before it, which may
+  refer to the previous group) or that does not start at a keyframe is one run from
+  its first packet.
+  """
+  pts = [p.pts for p in packets]
+  if (not pts or any(t is None for t in pts) or len(set(pts)) != len(pts)
+      or any(p.is_discard for p in packets)
+      or (num_frames is not None and len(pts) != num_frames)
+      or int(indices.max()) >= len(pts)):
+    return None
+  order = sorted(pts)
+  wanted = {order[i] for i in indices.tolist()}
+  keys = [i for i, p in enumerate(packets) if p.is_keyframe]
+  last = max(i for i, t in enumerate(pts) if t in wanted)
+  bounds = list(zip(keys, keys[1:] + [len(packets)]))
+  if (not keys or keys[0] != 0
+      or any(min(pts[a:b]) < pts[a] for a, b in bounds[1:])):  # open GOPs
+    return order, [(0, last + 1)]
+  runs = []
+  for a, b in bounds:
+    needed = [i for i in range(a, min(b, last + 1)) if pts[i] in wanted]
+    if needed:
+      runs.append((a, needed[-1] + 1))
+  return order, runs
 
 
 def _rgb(frame: av.VideoFrame, size: tuple[int, int], where: str) -> np.ndarray:

@@ -77,7 +77,7 @@ def _read_frames(record, index: int, frame_indices) -> np.ndarray:
   length = int(record['num_frames'])
   if length < 1:
     raise decode.DecodeError(f'{source}: empty video')
-  return decode.decode_frames(record['video'], frame_indices(length), source)
+  return decode.decode_frames(record['video'], frame_indices(length), source, length)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -128,12 +128,18 @@ def pack(clips: list[np.ndarray], *, patch_size: int = 14, tubelet_size: int = 1
     raise ValueError(f'pack: {rows} clips do not fit {size} rows')
   patches = np.zeros((size, n_max, tubelet_size * patch_size ** 2 * c),
                      clips[0].dtype)  # [B, N_max, P]
+  # The p pixels of a token's row are contiguous in the clip and in the token: copied as
+  # one opaque item, numpy's copy is twice as fast as pixel by pixel.
+  row = np.dtype((np.void, patch_size * c * patches.itemsize))
   start = 0
   for x in clips:
     end = start + len(x)
-    dst = patches[start:end, :n].reshape(  # a view: [S, T', Hp, Wp, kt, p, p, 3]
-        (end - start,) + grid + (tubelet_size, patch_size, patch_size, c))
-    dst[...] = _token_order(x, tubelet_size, patch_size)
+    dst = patches[start:end, :n].reshape(  # a view: [S, T', Hp, Wp, kt, p] of rows
+        (end - start,) + grid + (tubelet_size, patch_size, patch_size * c)).view(row)
+    src = np.ascontiguousarray(x, patches.dtype).reshape(
+        (end - start, t // tubelet_size, tubelet_size, h // patch_size, patch_size,
+         w * c)).view(row)  # [S, T', kt, Hp, p, Wp]
+    dst[..., 0] = src.transpose(0, 1, 3, 5, 2, 4)
     start = end
   coords, valid, grid_rows = _layout(rows, size, grid, n_max)
   return TokenBatch(patches=patches, coords=coords, grid=grid_rows, valid=valid)
