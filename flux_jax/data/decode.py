@@ -133,9 +133,9 @@ def decode_frames(data: bytes, indices: Sequence[int] | np.ndarray, source: str,
   them, no group of pictures that holds none of them, and no non-reference frame that
   is not wanted (FFmpeg's `skip_frame`). That needs the frames' timestamps: where they
   cannot say which packet holds frame i (missing or repeated timestamps, edit lists, a
-  packet count other than `num_frames`, frames of another size), every frame is
-  decoded from the start and counted as the decoder outputs it (`_decode_sequential`),
-  with the same result.
+  packet count other than `num_frames`), or a wanted frame comes out of another size or
+  marked corrupt, every frame up to the last wanted one is decoded from the start and
+  counted as the decoder outputs it (`_decode_sequential`), with the same result.
 
   Args:
     data: the encoded video.
