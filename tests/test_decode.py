@@ -164,6 +164,14 @@ def encode(frames, fmt, codec, options, max_b_frames=None):
   return buffer.getvalue()
 
 
+def drifting_clip(t=40, h=64, w=96):
+  """Gradients drifting 5 px right and 3 px down a frame: encoders use B-frames and
+  (where allowed) open groups of pictures on it."""
+  y, x = np.mgrid[:h, :w]
+  return np.stack([np.stack([(x + 5 * i) % 256, (2 * y + 3 * i) % 256,
+                             np.full_like(x, 128)], -1) for i in range(t)]).astype(np.uint8)
+
+
 def every_frame(data):
   """The reference: PyAV decoding every frame, counted in output order."""
   with av.open(io.BytesIO(data)) as c:
@@ -180,6 +188,8 @@ STREAMS = [
     ('hevc (CRA, open)', 'mp4', 'libx265', {'x265-params': 'keyint=8:log-level=none'},
      None, False),
     ('vp9 in webm', 'webm', 'libvpx-vp9', {'g': '8'}, None, True),
+    ('h264 in matroska', 'matroska', 'libx264', {'x264-params': 'keyint=8'}, None, True),
+    ('h264 in mpeg-ts', 'mpegts', 'libx264', {'x264-params': 'keyint=8'}, None, True),
     ('mpeg4 with B-frames', 'mp4', 'mpeg4', {}, 2, False),
 ]
 
@@ -191,10 +201,7 @@ def test_skipping_decode_equals_decoding_every_frame(name, fmt, codec, options, 
   """decode_frames decodes only the groups of pictures, packets and reference frames the
   wanted frames need; the frames are bit-identical to decoding every one, on every codec
   and group structure here (closed groups are skipped, open ones decoded from the start)."""
-  y, x = np.mgrid[:64, :96]
-  frames = np.stack([np.stack([(x + 5 * i) % 256, (2 * y + 3 * i) % 256,
-                               np.full_like(x, 128)], -1) for i in range(40)])
-  data = encode(frames.astype(np.uint8), fmt, codec, options, b_frames)
+  data = encode(drifting_clip(), fmt, codec, options, b_frames)
   reference = every_frame(data)
   assert len(reference) == 40
   with av.open(io.BytesIO(data)) as c:
@@ -222,6 +229,24 @@ def test_skipping_decode_equals_decoding_every_frame(name, fmt, codec, options, 
     assert all(a in keys for a, _ in runs)
   elif not closed:
     assert runs == [(0, max(i for i, t in enumerate(pts) if t in (order[3], order[30])) + 1)]
+
+
+def test_avi_is_decoded_sequentially(monkeypatch):
+  """AVI carries no presentation times: its demuxer numbers H.264 packets in decode
+  order, so the i-th smallest pts is not frame i. Two guards: the container list, and
+  frames coming out of pts order (checked here alone by admitting AVI). Without both,
+  skipping returned wrong frames for every one of 40 index sets on this stream."""
+  data = encode(drifting_clip(), 'avi', 'libx264', {'x264-params': 'keyint=8'})
+  reference = every_frame(data)
+  with av.open(io.BytesIO(data)) as c:
+    pts = [p.pts for p in c.demux(video=0) if p.size]
+  assert pts == sorted(pts)  # packets in decode order, numbered: no presentation times
+  indices = np.array([1, 2, 9, 30])
+  for timestamped in (decode._TIMESTAMPED, decode._TIMESTAMPED | {'avi'}):
+    monkeypatch.setattr(decode, '_TIMESTAMPED', timestamped)
+    assert decode._decode_skipping(data, indices, 'a.avi', 40) is None
+    np.testing.assert_array_equal(decode.decode_frames(data, indices, 'a.avi', 40),
+                                  reference[indices])
 
 
 def test_skipping_falls_back_where_timestamps_cannot_tell(clip, mp4):

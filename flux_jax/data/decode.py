@@ -28,10 +28,15 @@ import dataclasses
 import fractions
 import io
 import itertools
+import math
 from collections.abc import Iterator, Sequence
 
 import av
 import numpy as np
+
+# Containers whose packets carry presentation timestamps, which `_skip_plan` needs. AVI
+# stores none: its demuxer numbers H.264 packets in decode order, B-frames or not.
+_TIMESTAMPED = frozenset({'mov', 'mp4', 'matroska', 'webm', 'mpegts'})
 
 # Any failure of PyAV or FFmpeg on bad input: FFmpeg errors, a bad text field in the
 # metadata, a pixel format swscale refuses, memory. Each becomes a DecodeError.
@@ -131,10 +136,11 @@ def decode_frames(data: bytes, indices: Sequence[int] | np.ndarray, source: str,
 
   Only what the wanted frames need is decoded (`_skip_plan`): nothing after the last of
   them, no group of pictures that holds none of them, and no non-reference frame that
-  is not wanted (FFmpeg's `skip_frame`). That needs the frames' timestamps: where they
-  cannot say which packet holds frame i (missing or repeated timestamps, edit lists, a
-  packet count other than `num_frames`), or a wanted frame comes out of another size or
-  marked corrupt, every frame up to the last wanted one is decoded from the start and
+  is not wanted (FFmpeg's `skip_frame`). That needs the frames' presentation timestamps:
+  where they cannot say which packet holds frame i (a container without them such as
+  AVI, missing or repeated timestamps, edit lists, a packet count other than
+  `num_frames`, frames coming out of timestamp order), or a wanted frame comes out of
+  another size or marked corrupt, every frame up to the last wanted one is decoded from the start and
   counted as the decoder outputs it (`_decode_sequential`), with the same result.
 
   Args:
@@ -200,6 +206,8 @@ def _decode_skipping(data: bytes, indices: np.ndarray, source: str,
   stream does not allow it (then `_decode_sequential` decides, errors included)."""
   try:
     with _open(data, source) as (container, stream):
+      if not _TIMESTAMPED & set(container.format.name.split(',')):
+        return None
       packets = [p for p in container.demux(stream) if p.size]
       plan = _skip_plan(packets, indices, num_frames)
       if plan is None:
@@ -210,11 +218,12 @@ def _decode_skipping(data: bytes, indices: np.ndarray, source: str,
       size = (codec.height, codec.width)
       decoded = {}
       for start, stop in runs:
+        shown = [-math.inf]  # the pts of the last frame output in this run
         for packet in packets[start:stop]:
           codec.skip_frame = 'DEFAULT' if packet.pts in wanted else 'NONREF'
-          decoded.update(_wanted_rgb(codec.decode(packet), wanted, size, source))
+          decoded.update(_wanted_rgb(codec.decode(packet), wanted, size, shown, source))
         codec.skip_frame = 'DEFAULT'
-        decoded.update(_wanted_rgb(codec.decode(None), wanted, size, source))  # drain
+        decoded.update(_wanted_rgb(codec.decode(None), wanted, size, shown, source))  # drain
         codec.flush_buffers()  # the next run starts afresh at a keyframe
   except _FAILURES:  # DecodeError included
     return None
@@ -222,9 +231,16 @@ def _decode_skipping(data: bytes, indices: np.ndarray, source: str,
 
 
 def _wanted_rgb(frames: Sequence[av.VideoFrame], wanted: dict[int, int],
-                size: tuple[int, int], source: str) -> dict[int, np.ndarray]:
+                size: tuple[int, int], shown: list[float], source: str
+                ) -> dict[int, np.ndarray]:
+  """RGB of the wanted ones among `frames`, by index. DecodeError (so: decoded
+  sequentially) when a frame comes out of order of its pts (they are not presentation
+  times), of another size, or corrupt."""
   out = {}
   for frame in frames:
+    if frame.pts is None or frame.pts <= shown[0]:
+      raise DecodeError(f'{source}: frames come out of timestamp order')
+    shown[0] = frame.pts
     if frame.pts in wanted:
       if (frame.height, frame.width) != size or frame.is_corrupt:
         # A size change, or a reference the decoder missed: decoded sequentially.
