@@ -156,6 +156,11 @@ def test_a_mid_stream_resolution_change_decodes_at_the_first_frame_size():
                              atol=4)  # flat frames stay flat when resized
   again = decode.decode_frames(data, [8, 1], 'spliced.mp4')
   np.testing.assert_array_equal(again, frames[[8, 1]])
+  # With the frame count, as the pipeline calls it: the skipping decoder meets frame 8
+  # at 32x32 and falls back to resizing every frame to the first frame's size.
+  for indices in ([8, 1], [8], [9, 6]):
+    np.testing.assert_array_equal(decode.decode_frames(data, indices, 'spliced.mp4', 10),
+                                  frames[indices])
   back = decode.reencode(data, None, 'spliced.mp4')
   assert decode.decode_frames(back, np.arange(10), 'x').shape == (10, 48, 64, 3)
 

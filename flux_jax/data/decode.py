@@ -147,8 +147,9 @@ def decode_frames(data: bytes, indices: Sequence[int] | np.ndarray, source: str,
     data: the encoded video.
     indices: frame indices in presentation order.
     source: names the video in errors.
-    num_frames: the frame count `probe` found (a dataset record's), if known: skipping
-      is used only when the stream holds exactly that many packets.
+    num_frames: the frame count `probe` found (a dataset record's). Skipping needs it,
+      and is used only when the stream holds exactly that many packets: a packet that
+      gives no frame, or two, would shift every index after it.
     skip: False decodes every frame up to the last wanted one, as the reference
       (`python -m flux_jax.bench pipeline` times both).
 
@@ -165,7 +166,9 @@ def decode_frames(data: bytes, indices: Sequence[int] | np.ndarray, source: str,
                      f'{indices.shape}')
   if indices.min() < 0:
     raise ValueError(f'{source}: negative frame index {indices.min()}')
-  frames = _decode_skipping(data, indices, source, num_frames) if skip else None
+  frames = None
+  if skip and num_frames is not None:
+    frames = _decode_skipping(data, indices, source, num_frames)
   if frames is None:
     frames = _decode_sequential(data, indices, source)
   return _stack(frames, indices.tolist(), source)
@@ -201,7 +204,7 @@ def _decode_sequential(data: bytes, indices: np.ndarray, source: str
 
 
 def _decode_skipping(data: bytes, indices: np.ndarray, source: str,
-                     num_frames: int | None) -> dict[int, np.ndarray] | None:
+                     num_frames: int) -> dict[int, np.ndarray] | None:
   """{index: RGB frame} by decoding only the packets `_skip_plan` names; None where the
   stream does not allow it (then `_decode_sequential` decides, errors included)."""
   try:
@@ -249,8 +252,7 @@ def _wanted_rgb(frames: Sequence[av.VideoFrame], wanted: dict[int, int],
   return out
 
 
-def _skip_plan(packets: Sequence[av.Packet], indices: np.ndarray,
-               num_frames: int | None
+def _skip_plan(packets: Sequence[av.Packet], indices: np.ndarray, num_frames: int
                ) -> tuple[list[int], list[tuple[int, int]]] | None:
   """The presentation timestamps of the frames in order, and the runs [start, stop) of
   packets (in decode order) that decoding `indices` needs; None when timestamps cannot
@@ -265,8 +267,7 @@ def _skip_plan(packets: Sequence[av.Packet], indices: np.ndarray,
   """
   pts = [p.pts for p in packets]
   if (not pts or any(t is None for t in pts) or len(set(pts)) != len(pts)
-      or any(p.is_discard for p in packets)
-      or (num_frames is not None and len(pts) != num_frames)
+      or any(p.is_discard for p in packets) or len(pts) != num_frames
       or int(indices.max()) >= len(pts)):
     return None
   order = sorted(pts)
