@@ -231,6 +231,22 @@ def test_skipping_decode_equals_decoding_every_frame(name, fmt, codec, options, 
     assert runs == [(0, max(i for i, t in enumerate(pts) if t in (order[3], order[30])) + 1)]
 
 
+def test_a_run_from_a_false_keyframe_falls_back(monkeypatch):
+  """A file whose keyframe flags lie (a P- or B-frame marked as one) makes a run start
+  where the decoder lacks references: FFmpeg drops or flags what it cannot rebuild, and
+  decode_frames falls back instead of returning those frames."""
+  data = encode(drifting_clip(), 'mp4', 'libx264', {'x264-params': 'keyint=20:mbtree=0'})
+  reference = every_frame(data)
+  plan = decode._skip_plan
+  for start in (3, 5, 8, 12):  # packets inside the first group of pictures (0-19)
+    monkeypatch.setattr(decode, '_skip_plan', lambda packets, indices, n, start=start: (
+        plan(packets, indices, n)[0], [(start, plan(packets, indices, n)[1][-1][1])]))
+    for indices in ([15], [12, 16], [17]):
+      assert decode._decode_skipping(data, np.array(indices), 'lying.mp4', 40) is None
+      np.testing.assert_array_equal(decode.decode_frames(data, indices, 'lying.mp4', 40),
+                                    reference[indices])
+
+
 def test_avi_is_decoded_sequentially(monkeypatch):
   """AVI carries no presentation times: its demuxer numbers H.264 packets in decode
   order, so the i-th smallest pts is not frame i. Two guards: the container list, and
