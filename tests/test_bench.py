@@ -30,6 +30,19 @@ def test_step_bench_tiny_gives_one_sane_row_per_budget_set():
   assert lines[3].startswith('| Flux-Multi | 32/16 | 0/1 | 64 / 96 | ')
 
 
+@pytest.mark.slow  # two more compiles; make test-slow
+def test_step_and_forward_benches_run_scanned_blocks():
+  """--scan_layers: the recipes' layout (model.scan_layers) in bench step and forward."""
+  rows = step.run('tiny', batch=2, repeats=1, budget_sets=((32, 16),), scan_layers=True)
+  assert [(r['recipe'], r['kept'], r['raw'], r['n_max']) for r in rows] == [
+      ('Flux-Multi', 48, 64, 96)]
+  assert rows[0]['ms'] > 0 and rows[0]['temp_mib'] > 0
+  rows = forward.run('tiny', batch=1, repeats=1, grids=((4, 56),), budgets=(None, 16),
+                     scan_layers=True)
+  assert [(r['raw'], r['budget']) for r in rows] == [(64, 64), (64, 16)]
+  assert all(r['front_share'] > 0 and r['compile_s'] > 0 for r in rows)
+
+
 def test_step_bench_refuses_an_unknown_variant():
   with pytest.raises(ValueError, match="'large'"):
     step.setup('large')

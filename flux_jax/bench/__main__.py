@@ -1,8 +1,9 @@
 """python -m flux_jax.bench {forward|step|distill|pipeline|aot} [flags]
 
-  forward:  FluxViT forward ms and tokens/s per budget (--variant --batch --repeats --dtype)
+  forward:  FluxViT forward ms and tokens/s per budget (--variant --batch --repeats --dtype
+            --attention --scan_layers)
   step:     train step ms, kept tokens/s, temp/peak memory and peak RSS per budget set
-            (--variant --batch --repeats --dtype --budgets --remat --attention)
+            (--variant --batch --repeats --dtype --budgets --remat --attention --scan_layers)
   distill:  Flux-UMT step ms and memory with the teacher, without it (targets given) and the
             teacher alone (--config configs/umt_synthetic.py --batch --repeats --frames
             --resolution)
@@ -38,6 +39,8 @@ def _define_flags() -> None:
                       'configs/fluxvit_k400.py), dots_saveable, dots_with_no_batch_dims_saveable.')
   flags.DEFINE_string('attention', 'auto', "forward, step: the model's attention: auto, xla, "
                       'chunked, splash, cudnn.')
+  flags.DEFINE_bool('scan_layers', False, 'forward, step: run the blocks as one scan (the '
+                    "recipes' layout, model.scan_layers) instead of unrolled.")
   config_flags.DEFINE_config_file('config', None, 'distill: a Flux-UMT config; aot: any training '
                                   'config.', lock_config=True)
   flags.DEFINE_integer('frames', None, 'distill: clip frames (default: the config\'s eval grid).')
@@ -78,20 +81,22 @@ def main(argv):
   if argv[1] == 'forward':
     from flux_jax.bench import forward  # pylint: disable=g-import-not-at-top
     title = (f'FluxViT-{FLAGS.variant[0].upper()} forward, batch {FLAGS.batch}, '
-             f'{FLAGS.dtype}, attention {FLAGS.attention}, {where}')
+             f'{FLAGS.dtype}, attention {FLAGS.attention}, {_blocks()} blocks, {where}')
     print(forward.format_table(forward.run(FLAGS.variant, FLAGS.batch, FLAGS.repeats,
-                                           FLAGS.dtype, attention=FLAGS.attention), title))
+                                           FLAGS.dtype, attention=FLAGS.attention,
+                                           scan_layers=FLAGS.scan_layers), title))
   elif argv[1] == 'step':
     from flux_jax.bench import step  # pylint: disable=g-import-not-at-top
     s = step.setup(FLAGS.variant)
     budget_sets = None if FLAGS.budgets is None else [
         _budget_set(text) for text in FLAGS.budgets]
     title = (f'FluxViT-{FLAGS.variant[0].upper()} train step (AdamW, mixup, drop path 0.1, '
-             f'donated state, remat {FLAGS.remat}, attention {FLAGS.attention}), batch '
-             f'{FLAGS.batch}, {s.frames}x{s.resolution}^2 padded to {s.n_max} tokens, '
-             f'{FLAGS.dtype}, {where}')
+             f'donated state, remat {FLAGS.remat}, attention {FLAGS.attention}, '
+             f'{_blocks()} blocks), batch {FLAGS.batch}, {s.frames}x{s.resolution}^2 padded '
+             f'to {s.n_max} tokens, {FLAGS.dtype}, {where}')
     print(step.format_table(step.run(FLAGS.variant, FLAGS.batch, FLAGS.repeats, FLAGS.dtype,
-                                     budget_sets, FLAGS.remat, FLAGS.attention), title))
+                                     budget_sets, FLAGS.remat, FLAGS.attention,
+                                     FLAGS.scan_layers), title))
   elif argv[1] == 'distill':
     from flux_jax.bench import distill  # pylint: disable=g-import-not-at-top
     if FLAGS.config is None:
@@ -103,6 +108,10 @@ def main(argv):
     print(distill.format_table(rows, title))
   else:
     _pipeline()
+
+
+def _blocks() -> str:
+  return 'scanned' if FLAGS.scan_layers else 'unrolled'
 
 
 def _pipeline():

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from flux_jax.model import init_params, make_model
+from flux_jax.model.fluxvit import BLOCK_NAME, BLOCKS
 from flux_jax.tokens import patchify
 from flux_jax.tokens.select import keeps_all
 
@@ -54,11 +55,14 @@ def markdown_table(title: str, columns, rows) -> str:
 
 
 def run(variant: str = 'small', batch: int = 2, repeats: int = 3, dtype: str = 'float32',
-        grids=GRIDS, budgets=BUDGETS, attention: str = 'auto') -> list[dict]:
-  model = make_model(dict(variant=variant, num_classes=400, dtype=dtype, attention=attention))
+        grids=GRIDS, budgets=BUDGETS, attention: str = 'auto',
+        scan_layers: bool = False) -> list[dict]:
+  model = make_model(dict(variant=variant, num_classes=400, dtype=dtype, attention=attention,
+                          scan_layers=scan_layers))
   params = init_params(model, jax.random.key(0))
   front = dataclasses.replace(model, depth=0)
-  front_params = {k: v for k, v in params.items() if not k.startswith('blocks_')}
+  front_params = {k: v for k, v in params.items()
+                  if k != BLOCKS and not BLOCK_NAME.fullmatch(k)}
   rng = np.random.default_rng(0)
   rows = []
   for t, r in grids:

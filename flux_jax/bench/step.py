@@ -75,18 +75,20 @@ def make_step(model, tx, budgets: Sequence[int], n_max: int):
 
 def run(variant: str = 'small', batch: int = 2, repeats: int = 3, dtype: str = 'float32',
         budget_sets: Sequence[Sequence[int]] | None = None, remat: bool | str = 'none',
-        attention: str = 'auto') -> list[dict]:
+        attention: str = 'auto', scan_layers: bool = False) -> list[dict]:
   """One row per budget set (default: the variant's `SETUPS` entry).
 
   `remat` is the model's policy (configs/fluxvit_k400.py uses 'full'); `attention` its
   implementation: with 'xla' a FluxViT-S Flux-Multi step at 3072 tokens outgrew 19 GB of
-  host memory on CPU, 'auto' runs 'chunked' there (memory linear in the tokens).
+  host memory on CPU, 'auto' runs 'chunked' there (memory linear in the tokens);
+  `scan_layers` runs the blocks as one scan (the recipes' layout on TPU).
   """
   s = setup(variant)
   budget_sets = s.budget_sets if budget_sets is None else budget_sets
   n_max = s.n_max
   model = make_model(dict(variant=variant, num_classes=NUM_CLASSES, dtype=dtype,
-                          drop_path_rate=0.1, remat=remat, attention=attention))
+                          drop_path_rate=0.1, remat=remat, attention=attention,
+                          scan_layers=scan_layers))
   tx = _optimizer(model.depth)
   params = init_params(model, jax.random.key(0))
   rng = np.random.default_rng(0)
