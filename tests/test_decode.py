@@ -247,6 +247,32 @@ def test_a_run_from_a_false_keyframe_falls_back(monkeypatch):
                                     reference[indices])
 
 
+def test_a_stream_copy_cut_is_decoded_sequentially():
+  """`ffmpeg -ss 0.2 -c copy` keeps the packets from the keyframe before the cut with
+  negative timestamps, and mp4 hides them with an edit list: the demuxer flags them
+  discarded, the decoder drops their frames, probe counts 35 of 40 packets. Frame i is
+  then the i-th frame shown, which only sequential decoding counts."""
+  source = encode(drifting_clip(), 'mp4', 'libx264', {'x264-params': 'keyint=20:mbtree=0'})
+  buffer = io.BytesIO()
+  with av.open(io.BytesIO(source)) as src, av.open(buffer, 'w', format='mp4') as dst:
+    stream = dst.add_stream_from_template(src.streams.video[0])
+    for packet in src.demux(video=0):
+      if packet.dts is not None:
+        packet.pts -= 5 * 512  # 5 frames at 25 fps in the 1/12800 time base
+        packet.dts -= 5 * 512
+        packet.stream = stream
+        dst.mux(packet)
+  data = buffer.getvalue()
+  with av.open(io.BytesIO(data)) as c:
+    assert sum(p.is_discard for p in c.demux(video=0) if p.size) == 5
+  reference = every_frame(data)
+  assert len(reference) == decode.probe(data, 'cut.mp4').num_frames == 35
+  for indices in ([0], [3, 10], [14, 34]):
+    assert decode._decode_skipping(data, np.array(indices), 'cut.mp4', 35) is None
+    np.testing.assert_array_equal(decode.decode_frames(data, indices, 'cut.mp4', 35),
+                                  reference[indices])
+
+
 def test_avi_is_decoded_sequentially(monkeypatch):
   """AVI carries no presentation times: its demuxer numbers H.264 packets in decode
   order, so the i-th smallest pts is not frame i. Two guards: the container list, and
