@@ -1,8 +1,7 @@
 """FluxViT-CLIP: the two towers, the Flux-CLIP loss against numpy, the sharded loss."""
 
 import jax
-import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 import pytest
