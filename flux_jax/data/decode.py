@@ -29,7 +29,7 @@ import fractions
 import io
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 
 import av
 import numpy as np
@@ -140,8 +140,9 @@ def decode_frames(data: bytes, indices: Sequence[int] | np.ndarray, source: str,
   where they cannot say which packet holds frame i (a container without them such as
   AVI, missing or repeated timestamps, edit lists, a packet count other than
   `num_frames`, frames coming out of timestamp order), or a wanted frame comes out of
-  another size or marked corrupt, every frame up to the last wanted one is decoded from the start and
-  counted as the decoder outputs it (`_decode_sequential`), with the same result.
+  another size or marked corrupt, every frame up to the last wanted one is decoded from
+  the start and counted as the decoder outputs it (`_decode_sequential`), with the same
+  result.
 
   Args:
     data: the encoded video.
@@ -221,35 +222,34 @@ def _decode_skipping(data: bytes, indices: np.ndarray, source: str,
       size = (codec.height, codec.width)
       decoded = {}
       for start, stop in runs:
-        shown = [-math.inf]  # the pts of the last frame output in this run
-        for packet in packets[start:stop]:
-          codec.skip_frame = 'DEFAULT' if packet.pts in wanted else 'NONREF'
-          decoded.update(_wanted_rgb(codec.decode(packet), wanted, size, shown, source))
-        codec.skip_frame = 'DEFAULT'
-        decoded.update(_wanted_rgb(codec.decode(None), wanted, size, shown, source))  # drain
-        codec.flush_buffers()  # the next run starts afresh at a keyframe
+        shown = -math.inf  # the pts of the last frame output in this run
+        for frame in _run_frames(codec, packets[start:stop], wanted):
+          # Out of pts order (they are not presentation times), another size, a reference
+          # the decoder missed: decoded sequentially instead.
+          if frame.pts is None or frame.pts <= shown:
+            return None
+          shown = frame.pts
+          if frame.pts in wanted:
+            if (frame.height, frame.width) != size or frame.is_corrupt:
+              return None
+            i = wanted[frame.pts]
+            decoded[i] = _rgb(frame, size, f'{source}: frame {i}')
   except _FAILURES:  # DecodeError included
     return None
   return decoded if len(decoded) == len(wanted) else None
 
 
-def _wanted_rgb(frames: Sequence[av.VideoFrame], wanted: dict[int, int],
-                size: tuple[int, int], shown: list[float], source: str
-                ) -> dict[int, np.ndarray]:
-  """RGB of the wanted ones among `frames`, by index. DecodeError (so: decoded
-  sequentially) when a frame comes out of order of its pts (they are not presentation
-  times), of another size, or corrupt."""
-  out = {}
-  for frame in frames:
-    if frame.pts is None or frame.pts <= shown[0]:
-      raise DecodeError(f'{source}: frames come out of timestamp order')
-    shown[0] = frame.pts
-    if frame.pts in wanted:
-      if (frame.height, frame.width) != size or frame.is_corrupt:
-        # A size change, or a reference the decoder missed: decoded sequentially.
-        raise DecodeError(f'{source}: frame {wanted[frame.pts]} needs sequential decoding')
-      out[wanted[frame.pts]] = _rgb(frame, size, f'{source}: frame {wanted[frame.pts]}')
-  return out
+def _run_frames(codec: av.codec.context.CodecContext, packets: Sequence[av.Packet],
+                wanted: Container[int]) -> Iterator[av.VideoFrame]:
+  """The frames the decoder outputs for one run of `packets` (from a keyframe), the
+  non-reference frames among the unwanted skipped; the decoder is drained and reset
+  after it, so the next run starts afresh at its keyframe."""
+  for packet in packets:
+    codec.skip_frame = 'DEFAULT' if packet.pts in wanted else 'NONREF'
+    yield from codec.decode(packet)
+  codec.skip_frame = 'DEFAULT'
+  yield from codec.decode(None)  # drain
+  codec.flush_buffers()
 
 
 def _skip_plan(packets: Sequence[av.Packet], indices: np.ndarray, num_frames: int
