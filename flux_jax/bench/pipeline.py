@@ -253,8 +253,8 @@ def run(source: str = 'synthetic_motion', batch: int = 16,
 
 def format_table(rows: Sequence[dict[str, Any]], title: str) -> str:
   """Markdown: rates, the share of decoding alone (the first row: the pipeline's decoding
-  with nothing else) and of one worker they reach, and CPU
-  milliseconds per clip by stage."""
+  with nothing else) and of one worker they reach, and CPU milliseconds per clip by
+  stage."""
   alone = rows[0]['videos_per_s']
   one = next((r['videos_per_s'] for r in rows if r['workers'] == 1), None)
   stages = ' | '.join(pipeline.STAGES)

@@ -158,11 +158,6 @@ class Batcher:
     return out
 
 
-def concat_batch(elements: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  """Batches elements that each hold several clips (leading axis), flattening clips."""
-  return {k: np.concatenate([e[k] for e in elements]) for k in elements[0]}
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainClip:
   """Decodes and augments one video into `num_sample` clips of its batch's plan.
